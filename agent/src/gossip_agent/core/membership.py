@@ -1,0 +1,386 @@
+"""SWIM membership with Lifeguard-style suspicion: probe, indirect probe, suspect, refute, dead, left.
+
+Sans-IO: every input carries `now`; what must be sent comes out of `take_outbox()` (datagrams) and
+`take_broadcasts()` (messages for the cluster broadcast queue); state changes come out as
+`MemberChange`s. The transitions are data (`TRANSITIONS`), as in h11's `_state.py`.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from .config import Config
+from .errors import LocalProtocolError
+from .wire import Ack, Address, Alive, Dead, IndirectPing, Leave, MemberState, Message, Nack, Ping, Suspect
+
+
+class State(enum.IntEnum):
+    ALIVE = 0
+    SUSPECT = 1
+    DEAD = 2
+    LEFT = 3
+
+
+class Input(enum.Enum):
+    ALIVE = "alive"  # an Alive message with a higher incarnation
+    SUSPECT = "suspect"  # a Suspect message with at least the current incarnation
+    DEAD = "dead"  # a Dead message with at least the current incarnation
+    LEAVE = "leave"  # the member said it leaves
+    SUSPICION_TIMEOUT = "suspicion-timeout"  # no refutation before the suspicion deadline
+
+
+# (state, input) -> new state. A pair not listed is a protocol error naming both.
+TRANSITIONS: dict[tuple[State, Input], State] = {
+    (State.ALIVE, Input.ALIVE): State.ALIVE,
+    (State.ALIVE, Input.SUSPECT): State.SUSPECT,
+    (State.ALIVE, Input.DEAD): State.DEAD,
+    (State.ALIVE, Input.LEAVE): State.LEFT,
+    (State.SUSPECT, Input.ALIVE): State.ALIVE,
+    (State.SUSPECT, Input.SUSPECT): State.SUSPECT,
+    (State.SUSPECT, Input.DEAD): State.DEAD,
+    (State.SUSPECT, Input.LEAVE): State.LEFT,
+    (State.SUSPECT, Input.SUSPICION_TIMEOUT): State.DEAD,
+    (State.DEAD, Input.ALIVE): State.ALIVE,
+    (State.DEAD, Input.SUSPECT): State.DEAD,  # suspicion of the dead changes nothing
+    (State.DEAD, Input.DEAD): State.DEAD,
+    (State.DEAD, Input.LEAVE): State.LEFT,
+    (State.LEFT, Input.ALIVE): State.ALIVE,  # a node that left may join again
+    (State.LEFT, Input.SUSPECT): State.LEFT,
+    (State.LEFT, Input.DEAD): State.LEFT,
+    (State.LEFT, Input.LEAVE): State.LEFT,
+}
+
+
+def transition(state: State, event: Input) -> State:
+    try:
+        return TRANSITIONS[(state, event)]
+    except KeyError:
+        raise LocalProtocolError(f"no transition from {state.name} on {event.value}") from None
+
+
+LIVE = frozenset({State.ALIVE, State.SUSPECT})
+GONE = frozenset({State.DEAD, State.LEFT})
+
+
+@dataclass(slots=True)
+class Member:
+    name: str
+    addr: Address
+    incarnation: int
+    state: State
+    since: float  # time of the last state change
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChange:
+    name: str
+    before: State | None  # None: newly known
+    after: State
+    at: float
+
+
+@dataclass(slots=True)
+class _Suspicion:
+    started: float
+    deadline: float
+    confirmations: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Probe:
+    seq: int
+    target: str
+    started: float
+    indirect_sent: bool = False
+    acked: bool = False
+
+
+@dataclass(slots=True)
+class _RelayedProbe:
+    requester: Address
+    requester_seq: int
+    deadline: float
+
+
+class Membership:
+    """One node's view of the cluster."""
+
+    def __init__(self, name: str, addr: Address, config: Config, rng: random.Random, now: float, incarnation: int = 0):
+        self.name = name
+        self.addr = addr
+        self.config = config
+        self.rng = rng
+        self.incarnation = incarnation
+        self.members: dict[str, Member] = {name: Member(name, addr, incarnation, State.ALIVE, now)}
+        self.leaving = False
+        self._suspicions: dict[str, _Suspicion] = {}
+        self._probe_order: list[str] = []
+        self._probe: _Probe | None = None
+        self._relayed: dict[int, _RelayedProbe] = {}
+        self._seq = 0
+        self.next_probe_at = now + rng.random() * config.probe_interval  # spread probes out
+        self.next_reconnect_at = now + config.reconnect_interval
+        self._outbox: list[tuple[Address, Message]] = []
+        self._broadcasts: list[Message] = []
+        self.changes: list[MemberChange] = []
+        self.alive_count = 1
+
+    # --- outputs ------------------------------------------------------------------------------
+
+    def take_outbox(self) -> list[tuple[Address, Message]]:
+        out, self._outbox = self._outbox, []
+        return out
+
+    def take_broadcasts(self) -> list[Message]:
+        out, self._broadcasts = self._broadcasts, []
+        return out
+
+    def take_changes(self) -> list[MemberChange]:
+        out, self.changes = self.changes, []
+        return out
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def state_of(self, name: str) -> State | None:
+        member = self.members.get(name)
+        return None if member is None else member.state
+
+    def live_peers(self) -> Iterator[Member]:
+        return (m for m in self.members.values() if m.state in LIVE and m.name != self.name)
+
+    def snapshot(self) -> list[MemberState]:
+        return [MemberState(m.name, m.addr, m.incarnation, int(m.state)) for m in self.members.values()]
+
+    def next_deadline(self) -> float:
+        times = [self.next_probe_at, self.next_reconnect_at]
+        if self._probe is not None and not self._probe.acked:
+            times.append(
+                self._probe.started
+                + (self.config.probe_timeout if not self._probe.indirect_sent else self.config.probe_interval)
+            )
+        times.extend(s.deadline for s in self._suspicions.values())
+        times.extend(r.deadline for r in self._relayed.values())
+        return min(times)
+
+    # --- state changes ------------------------------------------------------------------------
+
+    def _set_state(self, member: Member, new: State, now: float) -> None:
+        old = member.state
+        if new == old:
+            return
+        member.state = new
+        member.since = now
+        if old in LIVE and new not in LIVE:
+            self.alive_count -= 1
+        elif old not in LIVE and new in LIVE:
+            self.alive_count += 1
+        if new != State.SUSPECT:
+            self._suspicions.pop(member.name, None)
+        self.changes.append(MemberChange(member.name, old, new, now))
+
+    def _refute(self, incarnation: int) -> None:
+        self.incarnation = max(self.incarnation, incarnation) + 1
+        me = self.members[self.name]
+        me.incarnation = self.incarnation
+        self._broadcasts.append(Alive(self.name, self.incarnation, self.addr))
+
+    def on_alive(self, msg: Alive, now: float) -> None:
+        if msg.node == self.name:
+            return  # only we speak for ourselves (a stale Alive of ours is harmless)
+        member = self.members.get(msg.node)
+        if member is None:
+            member = Member(msg.node, msg.addr, msg.incarnation, State.ALIVE, now)
+            self.members[msg.node] = member
+            self.alive_count += 1
+            self.changes.append(MemberChange(msg.node, None, State.ALIVE, now))
+            self._probe_order.insert(self.rng.randint(0, len(self._probe_order)), msg.node)
+            self._broadcasts.append(msg)
+            return
+        if msg.incarnation <= member.incarnation:
+            return
+        member.incarnation = msg.incarnation
+        member.addr = msg.addr
+        self._set_state(member, transition(member.state, Input.ALIVE), now)
+        self._broadcasts.append(msg)
+
+    def on_suspect(self, msg: Suspect, now: float) -> None:
+        if msg.node == self.name:
+            if msg.incarnation >= self.incarnation and not self.leaving:
+                self._refute(msg.incarnation)
+            return
+        member = self.members.get(msg.node)
+        if member is None or msg.incarnation < member.incarnation:
+            return
+        if member.state == State.SUSPECT:
+            suspicion = self._suspicions.get(msg.node)
+            if suspicion is not None and msg.by not in suspicion.confirmations:
+                suspicion.confirmations.add(msg.by)
+                suspicion.deadline = self._suspicion_deadline(suspicion)
+                self._broadcasts.append(msg)  # a new confirmation is news
+            return
+        new = transition(member.state, Input.SUSPECT)
+        if new == State.SUSPECT:
+            member.incarnation = msg.incarnation
+            self._set_state(member, new, now)
+            suspicion = _Suspicion(now, now, {msg.by})
+            suspicion.deadline = self._suspicion_deadline(suspicion)
+            self._suspicions[msg.node] = suspicion
+            self._broadcasts.append(msg)
+
+    def _suspicion_deadline(self, suspicion: _Suspicion) -> float:
+        # Lifeguard: start at the maximum and fall towards the minimum as independent
+        # confirmations arrive; k = indirect_checks confirmations are expected in a real failure.
+        low, high = self.config.suspicion_timeouts(self.alive_count)
+        k = max(1, self.config.indirect_checks)
+        confirmed = min(k, len(suspicion.confirmations) - 1)
+        fraction = math.log(confirmed + 1) / math.log(k + 1)
+        return suspicion.started + max(low, high - (high - low) * fraction)
+
+    def on_dead(self, msg: Dead, now: float) -> None:
+        if msg.node == self.name:
+            if not self.leaving and msg.incarnation >= self.incarnation:
+                self._refute(msg.incarnation)
+            return
+        member = self.members.get(msg.node)
+        if member is None or msg.incarnation < member.incarnation or member.state in GONE:
+            return
+        member.incarnation = msg.incarnation
+        self._set_state(member, transition(member.state, Input.DEAD), now)
+        self._broadcasts.append(msg)
+
+    def on_leave(self, msg: Leave, now: float) -> None:
+        member = self.members.get(msg.node)
+        if msg.node == self.name or member is None or msg.incarnation < member.incarnation:
+            return
+        if member.state == State.LEFT:
+            return
+        member.incarnation = msg.incarnation
+        self._set_state(member, transition(member.state, Input.LEAVE), now)
+        self._broadcasts.append(msg)
+
+    def merge_remote(self, states: tuple[MemberState, ...], now: float) -> None:
+        """Fold a peer's full view (push-pull) into ours.
+
+        As memberlist does, a remote 'dead' is taken as 'suspect': a death we did not see
+        ourselves is given the chance to be refuted rather than spread.
+        """
+        for s in states:
+            state = State(s.state)
+            if state == State.ALIVE:
+                self.on_alive(Alive(s.node, s.incarnation, s.addr), now)
+            elif state == State.LEFT:
+                if s.node not in self.members:
+                    continue
+                self.on_leave(Leave(s.node, s.incarnation), now)
+            else:
+                if s.node not in self.members and s.node != self.name:
+                    continue
+                self.on_suspect(Suspect(s.node, s.incarnation, f"push-pull:{s.node}"), now)
+
+    def leave(self, now: float) -> Leave:
+        """Announce a graceful leave; the returned message must be broadcast before exit."""
+        self.leaving = True
+        me = self.members[self.name]
+        self._set_state(me, State.LEFT, now)
+        msg = Leave(self.name, self.incarnation)
+        self._broadcasts.append(msg)
+        return msg
+
+    # --- probing ------------------------------------------------------------------------------
+
+    def _next_target(self) -> Member | None:
+        for _ in range(2):
+            while self._probe_order:
+                name = self._probe_order.pop()
+                member = self.members.get(name)
+                if member is not None and member.state in LIVE and name != self.name:
+                    return member
+            names = [m.name for m in self.live_peers()]
+            self.rng.shuffle(names)
+            self._probe_order = names
+        return None
+
+    def _send(self, addr: Address, msg: Message) -> None:
+        self._outbox.append((addr, msg))
+
+    def tick(self, now: float) -> None:
+        self._check_probe(now)
+        if now >= self.next_probe_at and not self.leaving:
+            self.next_probe_at = now + self.config.probe_interval
+            self._start_probe(now)
+        for name, suspicion in list(self._suspicions.items()):
+            if now >= suspicion.deadline:
+                member = self.members[name]
+                self._set_state(member, transition(member.state, Input.SUSPICION_TIMEOUT), now)
+                self._broadcasts.append(Dead(name, member.incarnation, self.name))
+        for seq, relayed in list(self._relayed.items()):
+            if now >= relayed.deadline:
+                del self._relayed[seq]
+                self._send(relayed.requester, Nack(relayed.requester_seq))
+
+    def _start_probe(self, now: float) -> None:
+        target = self._next_target()
+        if target is None:
+            self._probe = None
+            return
+        self._seq += 1
+        self._probe = _Probe(self._seq, target.name, now)
+        self._send(target.addr, Ping(self._seq, target.name))
+
+    def _check_probe(self, now: float) -> None:
+        probe = self._probe
+        if probe is None or probe.acked:
+            return
+        target = self.members.get(probe.target)
+        if target is None or target.state not in LIVE:
+            self._probe = None
+            return
+        if not probe.indirect_sent and now >= probe.started + self.config.probe_timeout:
+            probe.indirect_sent = True
+            helpers = [m for m in self.live_peers() if m.name != probe.target and m.state == State.ALIVE]
+            for helper in self.rng.sample(helpers, min(self.config.indirect_checks, len(helpers))):
+                self._send(helper.addr, IndirectPing(probe.seq, target.name, target.addr))
+        if now >= probe.started + self.config.probe_interval:
+            self._probe = None
+            self.on_suspect(Suspect(target.name, target.incarnation, self.name), now)
+
+    def on_ping(self, msg: Ping, sender_addr: Address) -> None:
+        if msg.target == self.name:
+            self._send(sender_addr, Ack(msg.seq))
+
+    def on_indirect_ping(self, msg: IndirectPing, sender_addr: Address, now: float) -> None:
+        self._seq += 1
+        self._relayed[self._seq] = _RelayedProbe(sender_addr, msg.seq, now + self.config.probe_timeout)
+        self._send(msg.target_addr, Ping(self._seq, msg.target))
+
+    def on_ack(self, msg: Ack) -> None:
+        relayed = self._relayed.pop(msg.seq, None)
+        if relayed is not None:
+            self._send(relayed.requester, Ack(relayed.requester_seq))
+            return
+        if self._probe is not None and self._probe.seq == msg.seq:
+            self._probe.acked = True
+
+    def on_nack(self, msg: Nack) -> None:
+        # Lifeguard uses nacks to judge our own health; we only note that the helper is alive.
+        return
+
+    # --- dead members -------------------------------------------------------------------------
+
+    def reconnect_target(self, now: float) -> Member | None:
+        """Every `reconnect_interval`, one random dead member to try a push-pull with."""
+        if now < self.next_reconnect_at:
+            return None
+        self.next_reconnect_at = now + self.config.reconnect_interval
+        self._forget_old_dead(now)
+        dead = [m for m in self.members.values() if m.state == State.DEAD]
+        return self.rng.choice(dead) if dead else None
+
+    def _forget_old_dead(self, now: float) -> None:
+        for name, member in list(self.members.items()):
+            if member.state in GONE and now - member.since > self.config.dead_retention:
+                del self.members[name]

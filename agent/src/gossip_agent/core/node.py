@@ -1,0 +1,651 @@
+"""Node: membership, attachments, tables and broadcast queues composed into one protocol machine.
+
+Inputs: datagrams, stream frames, API calls and `tick(now)`. Outputs, taken by the caller:
+datagrams to send (`take_datagrams`), stream requests to open (`take_streams`) and what changed
+(`take_changes`). The node never reads a clock, never opens a socket and draws randomness only
+from the `random.Random` it is given, so the runtime and the simulator drive the very same code.
+
+Scopes: membership and node<->network attachments travel on the cluster queue to anyone; a
+network's table events travel on that network's queue only to members of that network, and a node
+drops (and counts) table events of networks it is not in.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from .broadcast import BroadcastQueue
+from .clock import LamportClock
+from .config import Config
+from .errors import LocalProtocolError, RemoteProtocolError
+from .membership import GONE, LIVE, Member, MemberChange, Membership, State
+from .table import Change, NetworkTable
+from .wire import (
+    Ack,
+    Address,
+    Alive,
+    Dead,
+    IndirectPing,
+    Leave,
+    Message,
+    Nack,
+    NetworkDigest,
+    NodeNetwork,
+    Ping,
+    PushPull,
+    StreamAck,
+    Suspect,
+    SyncPush,
+    SyncRequest,
+    SyncResponse,
+    TableEvent,
+    assemble_datagram,
+    datagram_header,
+    decode_datagram,
+    decode_frame,
+    encode_frame,
+    encode_message,
+)
+
+HOT_ROUNDS = 10  # rounds after a table change during which digests are sent even without events
+
+
+class StaticCluster(Protocol):
+    """A fixed, shared view of who is in which network (the simulator's cheap mode for 10,000 nodes)."""
+
+    def network_nodes(self, network: str) -> Sequence[str]: ...
+
+    def address(self, name: str) -> Address: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRequest:
+    """Open a stream to `addr`, send `frame`, and hand the reply to `Node.on_stream_reply(id, ...)`."""
+
+    id: int
+    addr: Address
+    frame: bytes
+
+
+@dataclass(slots=True)
+class _PendingStream:
+    kind: str  # "push-pull", "join", "sync", "sync-push"
+    peer: str | None
+    network: str | None
+    deadline: float
+    why: str = ""  # what started a sync: join, digest, return, periodic
+
+
+@dataclass(slots=True)
+class _NetworkState:
+    table: NetworkTable
+    queue: BroadcastQueue
+    next_sync_at: float
+    hot_until: float = 0.0
+    mismatch_rounds: int = 0
+    syncing: int | None = None  # id of the stream of a sync in flight
+    needs_join_sync: bool = True
+
+
+class Node:
+    def __init__(
+        self,
+        name: str,
+        addr: Address,
+        config: Config,
+        rng: random.Random,
+        now: float,
+        *,
+        lamport: int = 0,
+        incarnation: int = 0,
+        static: StaticCluster | None = None,
+    ) -> None:
+        self.name = name
+        self.addr = addr
+        self.config = config
+        self.rng = rng
+        self.clock = LamportClock(lamport)
+        self.static = static
+        self.membership = Membership(name, addr, config, rng, now, incarnation)
+        # (node, network) -> latest attachment record, and for each network the live members
+        # other than us (cached; rebuilt when membership or attachments change).
+        self.attachments: dict[tuple[str, str], NodeNetwork] = {}
+        self._peers_cache: dict[str, list[str]] = {}
+        self.networks: dict[str, _NetworkState] = {}
+        self.cluster_queue = BroadcastQueue()
+        self._header = datagram_header(name)
+        self._space = config.packet_size - len(self._header) - 3
+        self.next_gossip_at = now + rng.random() * config.gossip_interval
+        self.next_push_pull_at = now + config.push_pull_interval * (0.5 + rng.random())
+        self.next_reap_at = now + min(60.0, config.tombstone_ttl)
+        self._datagrams: list[tuple[Address, bytes]] = []
+        self._streams: list[StreamRequest] = []
+        self._pending: dict[int, _PendingStream] = {}
+        self._stream_ids = 0
+        self._changes: list[Change | MemberChange] = []
+        self.stats: dict[str, int] = {}
+        self.left = False
+
+    # === helpers ===================================================================================
+
+    def count(self, name: str, amount: int = 1) -> None:
+        self.stats[name] = self.stats.get(name, 0) + amount
+
+    def take_datagrams(self) -> list[tuple[Address, bytes]]:
+        out, self._datagrams = self._datagrams, []
+        return out
+
+    def take_streams(self) -> list[StreamRequest]:
+        out, self._streams = self._streams, []
+        return out
+
+    def take_changes(self) -> list[Change | MemberChange]:
+        out, self._changes = self._changes, []
+        return out
+
+    def _network(self, network: str) -> _NetworkState:
+        state = self.networks.get(network)
+        if state is None:
+            raise LocalProtocolError(f"node {self.name} is not attached to network {network!r}")
+        return state
+
+    def address_of(self, name: str) -> Address | None:
+        if self.static is not None:
+            return self.static.address(name)
+        member = self.membership.members.get(name)
+        return None if member is None else member.addr
+
+    def peers_in(self, network: str) -> Sequence[str]:
+        """Live members of `network` other than us, as far as we know."""
+        if self.static is not None:
+            return [n for n in self.static.network_nodes(network) if n != self.name]
+        cached = self._peers_cache.get(network)
+        if cached is None:
+            members = self.membership.members
+            cached = [
+                node
+                for (node, net), record in self.attachments.items()
+                if net == network
+                and record.attached
+                and node != self.name
+                and node in members
+                and members[node].state in LIVE
+            ]
+            cached.sort()
+            self._peers_cache[network] = cached
+        return cached
+
+    def _pick(self, candidates: Sequence[str], count: int) -> list[str]:
+        if self.static is not None and len(candidates) > 4 * count:
+            # The shared list contains us; sample one extra and drop ourselves.
+            picked = [n for n in self.rng.sample(candidates, count + 1) if n != self.name]
+            return picked[:count]
+        if len(candidates) <= count:
+            return list(candidates)
+        return self.rng.sample(candidates, count)
+
+    def _random_peers_in(self, network: str, count: int) -> list[str]:
+        if self.static is not None:
+            return self._pick(self.static.network_nodes(network), count)
+        return self._pick(self.peers_in(network), count)
+
+    def owner_ok(self, network: str, owner: str) -> bool:
+        """Whether entries of `owner` in `network` may be stored: not dead, left or detached."""
+        if owner == self.name or self.static is not None:
+            return True
+        state = self.membership.state_of(owner)
+        if state is not None and state in GONE:
+            return False
+        record = self.attachments.get((owner, network))
+        return record is None or record.attached
+
+    def _open_stream(
+        self,
+        kind: str,
+        addr: Address,
+        message: Message,
+        now: float,
+        peer: str | None = None,
+        network: str | None = None,
+        why: str = "",
+    ) -> int:
+        self._stream_ids += 1
+        sid = self._stream_ids
+        self._pending[sid] = _PendingStream(kind, peer, network, now + self.config.stream_timeout, why)
+        self._streams.append(StreamRequest(sid, addr, encode_frame(self.name, message)))
+        self.count(f"streams_opened_{kind}")
+        return sid
+
+    # === API =======================================================================================
+
+    def restore(self, own: Iterable[TableEvent], now: float, wall_ms: int) -> None:
+        """Re-announce entries this node owned before a restart, with fresh Lamport times.
+
+        Deletes are restored too: peers may still hold the live version of an entry we deleted
+        just before the crash, and only a newer tombstone removes it.
+        """
+        for event in sorted(own, key=lambda e: e.lamport):
+            self.clock.witness(event.lamport)
+            if event.network not in self.networks:
+                self.attach(event.network, now)
+            self._write(event.network, event.table, event.key, event.value, event.deleted, now, wall_ms)
+
+    def attach(self, network: str, now: float) -> None:
+        if network in self.networks:
+            return
+        state = _NetworkState(
+            NetworkTable(network),
+            BroadcastQueue(self.config.rumor_backlog_limit),
+            now + self.config.bulk_sync_interval * (0.5 + self.rng.random()),
+        )
+        self.networks[network] = state
+        self._set_attachment(NodeNetwork(self.name, network, self.clock.tick(), True))
+        self._join_sync(network, state, now)
+
+    def detach(self, network: str, now: float, wall_ms: int) -> None:
+        state = self._network(network)
+        for entry in list(state.table.visible()):
+            if entry.event.owner == self.name:
+                self._write(network, entry.event.table, entry.event.key, b"", True, now, wall_ms)
+        # Push our tombstones out before we stop gossiping for this network.
+        self._gossip_network(network, state, now, final=True)
+        del self.networks[network]
+        self._set_attachment(NodeNetwork(self.name, network, self.clock.tick(), False))
+
+    def _set_attachment(self, record: NodeNetwork) -> None:
+        self.attachments[(record.node, record.network)] = record
+        self._peers_cache.pop(record.network, None)
+        self.cluster_queue.put(("attach", record.node, record.network), encode_message(record))
+
+    def write(self, network: str, table: str, key: str, value: bytes, now: float, wall_ms: int) -> TableEvent:
+        """Create or update an entry this node owns."""
+        self._network(network)
+        return self._write(network, table, key, value, False, now, wall_ms)
+
+    def delete(self, network: str, table: str, key: str, now: float, wall_ms: int) -> TableEvent:
+        state = self._network(network)
+        entry = state.table.get(table, key)
+        if entry is None or not entry.visible:
+            raise LocalProtocolError(f"no entry {table}/{key} in network {network!r}")
+        return self._write(network, table, key, b"", True, now, wall_ms)
+
+    def _write(
+        self, network: str, table: str, key: str, value: bytes, deleted: bool, now: float, wall_ms: int
+    ) -> TableEvent:
+        state = self.networks[network]
+        event = TableEvent(network, table, key, value, self.name, self.clock.tick(), wall_ms, deleted)
+        change = state.table.apply(event, now)
+        state.table.watermarks[self.name] = event.lamport
+        if change is not None and change.visible:
+            self._changes.append(change)
+        self._rumor(state, event, now)
+        return event
+
+    def _rumor(self, state: _NetworkState, event: TableEvent, now: float) -> None:
+        state.queue.put((event.table, event.key), encode_message(event))
+        state.hot_until = now + HOT_ROUNDS * self.config.gossip_interval
+
+    def join(self, seeds: Iterable[Address], now: float) -> None:
+        """Exchange full state with each seed; their answers bring us into the cluster."""
+        for addr in seeds:
+            if addr != self.addr:
+                self._open_stream("join", addr, self._push_pull(join=True), now)
+
+    def leave(self, now: float) -> None:
+        """Graceful leave: the Leave message goes out at once to a few members and on the queue."""
+        msg = self.membership.leave(now)
+        self.left = True
+        encoded = [encode_message(msg)]
+        peers = list(self.membership.live_peers())
+        for member in self._pick_members(peers, max(self.config.fanout, 3) * 2):
+            self._datagrams.append((member.addr, assemble_datagram(self._header, encoded)))
+
+    def _pick_members(self, members: list[Member], count: int) -> list[Member]:
+        return members if len(members) <= count else self.rng.sample(members, count)
+
+    def _push_pull(self, join: bool) -> PushPull:
+        return PushPull(tuple(self.membership.snapshot()), tuple(self.attachments.values()), join)
+
+    # === datagrams =================================================================================
+
+    def handle_datagram(self, addr: Address, data: bytes, now: float) -> None:
+        self.count("datagrams_in")
+        self.count("bytes_in", len(data))
+        try:
+            sender, messages = decode_datagram(data)
+        except RemoteProtocolError as exc:
+            self.count(f"dropped_{exc.reason}")
+            return
+        if self.left:
+            return
+        for message in messages:
+            self._handle_message(sender, addr, message, now)
+        self._drain_membership(now)
+
+    def _handle_message(self, sender: str, addr: Address, msg: Message, now: float) -> None:
+        m = self.membership
+        if isinstance(msg, TableEvent):
+            self._on_table_event(msg, now)
+        elif isinstance(msg, NetworkDigest):
+            self._on_digest(sender, msg, now)
+        elif isinstance(msg, Ping):
+            m.on_ping(msg, addr)
+        elif isinstance(msg, Ack):
+            m.on_ack(msg)
+        elif isinstance(msg, IndirectPing):
+            m.on_indirect_ping(msg, addr, now)
+        elif isinstance(msg, Nack):
+            m.on_nack(msg)
+        elif isinstance(msg, Alive):
+            m.on_alive(msg, now)
+        elif isinstance(msg, Suspect):
+            m.on_suspect(msg, now)
+        elif isinstance(msg, Dead):
+            m.on_dead(msg, now)
+        elif isinstance(msg, Leave):
+            m.on_leave(msg, now)
+        elif isinstance(msg, NodeNetwork):
+            self._on_attachment(msg, now)
+
+    def _on_table_event(self, event: TableEvent, now: float) -> None:
+        self.count("events_in")
+        state = self.networks.get(event.network)
+        if state is None:
+            self.count("dropped_out_of_scope")
+            return
+        if not self.owner_ok(event.network, event.owner):
+            self.count("dropped_owner_gone")
+            return
+        self.clock.witness(event.lamport)
+        change = state.table.apply(event, now)
+        if change is None:
+            held = state.table.entries[(event.table, event.key)].event
+            self.count("events_duplicate" if held == event else "events_stale")
+            return
+        self.count("events_new")
+        if change.visible:
+            self._changes.append(change)
+        self._rumor(state, event, now)
+
+    def _on_digest(self, sender: str, msg: NetworkDigest, now: float) -> None:
+        state = self.networks.get(msg.network)
+        if state is None:
+            self.count("dropped_out_of_scope")
+            return
+        table = state.table
+        if msg.digest == table.digest:
+            state.mismatch_rounds = 0
+            return
+        state.mismatch_rounds += 1
+        behind = msg.count > table.count + self.config.digest_pull_threshold
+        if (behind or state.mismatch_rounds >= self.config.digest_mismatch_rounds) and state.syncing is None:
+            state.mismatch_rounds = 0
+            self._start_sync(msg.network, state, sender, now, "digest")
+
+    def _on_attachment(self, msg: NodeNetwork, now: float) -> None:
+        key = (msg.node, msg.network)
+        current = self.attachments.get(key)
+        if current is not None and current.lamport >= msg.lamport:
+            return
+        self.clock.witness(msg.lamport)
+        if msg.node == self.name:
+            # A record of ours from before a restart: re-assert what is true now, newer.
+            mine = msg.network in self.networks
+            self._set_attachment(NodeNetwork(self.name, msg.network, self.clock.tick(), mine))
+            return
+        self.attachments[key] = msg
+        self._peers_cache.pop(msg.network, None)
+        self.cluster_queue.put(("attach", msg.node, msg.network), encode_message(msg))
+        state = self.networks.get(msg.network)
+        if state is not None and not msg.attached:
+            self._changes.extend(state.table.withdraw_owner(msg.node, now))
+
+    def _join_sync(self, network: str, state: _NetworkState, now: float) -> None:
+        """On joining a network, fetch its whole table from one member at once."""
+        peers = self._random_peers_in(network, 1)
+        if peers:
+            state.needs_join_sync = False
+            self._start_sync(network, state, peers[0], now, "join")
+
+    def _drain_membership(self, now: float) -> None:
+        """Move membership's outputs on: probes out, broadcasts queued, changes applied."""
+        m = self.membership
+        for addr, msg in m.take_outbox():
+            self._send_with_piggyback(addr, msg)
+        for msg in m.take_broadcasts():
+            self.cluster_queue.put(("member", getattr(msg, "node", "")), encode_message(msg))
+        for change in m.take_changes():
+            self._on_member_change(change, now)
+
+    def _on_member_change(self, change: MemberChange, now: float) -> None:
+        self._changes.append(change)
+        self._peers_cache.clear()
+        name = change.name
+        if change.after in GONE:
+            for network, state in self.networks.items():
+                if (name, network) in self.attachments:
+                    self._changes.extend(state.table.withdraw_owner(name, now))
+        elif change.after == State.ALIVE and change.before in GONE:
+            # A member came back (restart or healed partition): fetch its entries at once.
+            addr = self.address_of(name)
+            for network, state in self.networks.items():
+                record = self.attachments.get((name, network))
+                if record is not None and record.attached and addr is not None:
+                    self._start_sync(network, state, name, now, "return")
+
+    def _send_with_piggyback(self, addr: Address, msg: Message) -> None:
+        encoded = [encode_message(msg)]
+        space = self._space - len(encoded[0])
+        if len(self.cluster_queue):
+            encoded += self.cluster_queue.take(space, self.config.retransmit_limit(self.membership.alive_count))
+        self._emit(addr, encoded)
+
+    def _emit(self, addr: Address, encoded: list[bytes]) -> None:
+        data = assemble_datagram(self._header, encoded)
+        self.count("datagrams_out")
+        self.count("bytes_out", len(data))
+        self._datagrams.append((addr, data))
+
+    # === streams ===================================================================================
+
+    def handle_stream(self, data: bytes, now: float) -> bytes:
+        """Answer one incoming stream frame; a bad frame gets an empty answer and is counted."""
+        try:
+            sender, msg = decode_frame(data, self.config.max_frame_bytes)
+        except RemoteProtocolError as exc:
+            self.count(f"dropped_stream_{exc.reason}")
+            return b""
+        self.count("streams_in")
+        reply: Message
+        if isinstance(msg, PushPull):
+            self._merge_push_pull(msg, now)
+            reply = self._push_pull(join=False)
+        elif isinstance(msg, SyncRequest):
+            state = self.networks.get(msg.network)
+            if state is None:
+                self.count("dropped_out_of_scope")
+                reply = SyncResponse(msg.network, (), {}, (), False)
+            else:
+                events, full = state.table.delta_for(msg.digest)
+                self.count("sync_entries_out", len(events))
+                reply = SyncResponse(msg.network, tuple(events), state.table.sync_digest(), tuple(full), True)
+        elif isinstance(msg, SyncPush):
+            self._absorb(msg.network, msg.entries, msg.digest, msg.full_owners, now)
+            reply = StreamAck()
+        else:
+            self.count("dropped_stream_unexpected")
+            return b""
+        self._drain_membership(now)
+        return encode_frame(self.name, reply)
+
+    def on_stream_reply(self, sid: int, data: bytes | None, now: float) -> None:
+        """The reply to a stream we opened; None when it failed (refused, timed out, reset)."""
+        pending = self._pending.pop(sid, None)
+        if pending is None:
+            return
+        self._finish_stream(sid, pending, data, now)
+        self._drain_membership(now)
+
+    def _finish_stream(self, sid: int, pending: _PendingStream, data: bytes | None, now: float) -> None:
+        state = self.networks.get(pending.network) if pending.network is not None else None
+        if state is not None and state.syncing == sid:
+            state.syncing = None
+        if data is None:
+            self.count(f"streams_failed_{pending.kind}")
+            if pending.why == "join" and state is not None:
+                state.needs_join_sync = True  # try another member on the next tick
+            return
+        try:
+            _, msg = decode_frame(data, self.config.max_frame_bytes)
+        except RemoteProtocolError as exc:
+            self.count(f"dropped_stream_{exc.reason}")
+            return
+        if isinstance(msg, PushPull) and pending.kind in ("join", "push-pull"):
+            self._merge_push_pull(msg, now)
+            if pending.kind == "join":
+                self.count("joined")
+        elif isinstance(msg, SyncResponse) and pending.kind == "sync" and state is not None:
+            self._finish_sync(pending, state, msg, now)
+        elif isinstance(msg, StreamAck) and pending.kind == "sync-push":
+            self.count("syncs_completed")
+        else:
+            self.count("dropped_stream_unexpected")
+
+    def _merge_push_pull(self, msg: PushPull, now: float) -> None:
+        self.membership.merge_remote(msg.members, now)
+        self._drain_membership(now)
+        for record in msg.attachments:
+            self._on_attachment(record, now)
+
+    def _start_sync(self, network: str, state: _NetworkState, peer: str, now: float, why: str) -> None:
+        addr = self.address_of(peer)
+        if addr is None or state.syncing is not None:
+            return
+        digest = state.table.sync_digest()
+        state.syncing = self._open_stream("sync", addr, SyncRequest(network, digest), now, peer, network, why)
+        self.count(f"syncs_{why}")
+
+    def _finish_sync(self, pending: _PendingStream, state: _NetworkState, msg: SyncResponse, now: float) -> None:
+        if not msg.member:
+            return
+        received = {(e.table, e.key, e.lamport) for e in msg.entries}
+        self._absorb(msg.network, msg.entries, msg.digest, msg.full_owners, now)
+        events, full = state.table.delta_for(msg.digest)
+        events = [e for e in events if (e.table, e.key, e.lamport) not in received]
+        addr = self.address_of(pending.peer) if pending.peer else None
+        if addr is not None and (events or full or state.table.sync_digest() != msg.digest):
+            self.count("sync_entries_out", len(events))
+            push = SyncPush(msg.network, tuple(events), state.table.sync_digest(), tuple(full))
+            self._open_stream("sync-push", addr, push, now, pending.peer, None)
+        else:
+            self.count("syncs_completed")
+
+    def _absorb(
+        self,
+        network: str,
+        events: Sequence[TableEvent],
+        digest: dict[str, tuple[int, int]],
+        full: Sequence[str],
+        now: float,
+    ) -> None:
+        state = self.networks.get(network)
+        if state is None:
+            self.count("dropped_out_of_scope", max(1, len(events)))
+            return
+        for event in events:
+            self.clock.witness(event.lamport)
+        self.count("sync_entries_in", len(events))
+        changes = state.table.absorb(events, digest, full, now, lambda owner: self.owner_ok(network, owner))
+        self._changes.extend(changes)
+        if changes:
+            state.hot_until = now + HOT_ROUNDS * self.config.gossip_interval
+
+    # === time ======================================================================================
+
+    def next_deadline(self) -> float:
+        times = [self.next_gossip_at, self.next_reap_at]
+        if self.static is None:
+            times += [self.membership.next_deadline(), self.next_push_pull_at]
+        times.extend(s.next_sync_at for s in self.networks.values())
+        if self._pending:
+            times.append(min(p.deadline for p in self._pending.values()))
+        return min(times)
+
+    def tick(self, now: float) -> None:
+        if self.left:
+            return
+        if self.static is None:
+            self._tick_cluster(now)
+        if now >= self.next_gossip_at:
+            self.next_gossip_at = now + self.config.gossip_interval
+            self._gossip_round(now)
+        for network, state in self.networks.items():
+            if state.needs_join_sync and state.syncing is None:
+                self._join_sync(network, state, now)
+            if now >= state.next_sync_at:
+                state.next_sync_at = now + self.config.bulk_sync_interval
+                peers = self._random_peers_in(network, 1)
+                if peers:
+                    self._start_sync(network, state, peers[0], now, "periodic")
+        for sid, pending in list(self._pending.items()):
+            if now >= pending.deadline:
+                del self._pending[sid]
+                self._finish_stream(sid, pending, None, now)
+        if now >= self.next_reap_at:
+            self.next_reap_at = now + min(60.0, self.config.tombstone_ttl)
+            for state in self.networks.values():
+                self.count("reaped", state.table.reap(now, self.config.tombstone_ttl))
+
+    def _tick_cluster(self, now: float) -> None:
+        m = self.membership
+        m.tick(now)
+        target = m.reconnect_target(now)
+        if target is not None:
+            self._open_stream("push-pull", target.addr, self._push_pull(join=False), now, target.name)
+        if now >= self.next_push_pull_at:
+            self.next_push_pull_at = now + self.config.push_pull_interval
+            peers = list(m.live_peers())
+            if peers:
+                peer = self.rng.choice(peers)
+                self._open_stream("push-pull", peer.addr, self._push_pull(join=False), now, peer.name)
+        self._drain_membership(now)
+
+    def _gossip_round(self, now: float) -> None:
+        if self.static is None and len(self.cluster_queue):
+            peers = list(self.membership.live_peers())
+            limit = self.config.retransmit_limit(self.membership.alive_count)
+            for member in self._pick_members(peers, self.config.fanout):
+                encoded = self.cluster_queue.take(self._space, limit)
+                if encoded:
+                    self._emit(member.addr, encoded)
+        for network, state in self.networks.items():
+            self._gossip_network(network, state, now)
+
+    def _gossip_network(self, network: str, state: _NetworkState, now: float, final: bool = False) -> None:
+        if not len(state.queue) and now >= state.hot_until and not final:
+            return
+        targets = self._random_peers_in(network, self.config.fanout)
+        if not targets:
+            return
+        size = len(self.peers_in(network)) + 1 if self.static is None else len(self.static.network_nodes(network))
+        limit = self.config.retransmit_limit(size)
+        digest = encode_message(NetworkDigest(network, state.table.digest, state.table.count))
+        budget = max(self.config.gossip_round_budget // len(targets), self.config.packet_size)
+        for target in targets:
+            addr = self.address_of(target)
+            if addr is None:
+                continue
+            # One take per target, so no event goes to the same target twice in a round.
+            events = state.queue.take(budget - len(digest), limit)
+            packet = [digest]
+            used = len(digest)
+            for event in events:
+                if used + len(event) > self._space:
+                    self._emit(addr, packet)
+                    packet, used = [], 0
+                packet.append(event)
+                used += len(event)
+            self._emit(addr, packet)

@@ -1,0 +1,218 @@
+"""One network's tables: entries, tombstones, the merge rule, and digests for delta sync.
+
+Merge rule: of two versions of (table, key), the one with the higher (Lamport time, owner, deleted)
+wins; a delete is a tombstone kept for `tombstone_ttl` so no stale copy can bring the entry back.
+
+Delta sync (Scuttlebutt-style): every entry has one owner whose Lamport times only grow. For each
+owner we keep a *watermark*: the Lamport time up to which we are known to hold all of that owner's
+writes (or newer versions that superseded them). A peer that sends us every entry of owner `o`
+above our watermark, and is itself complete up to its own watermark, lets us raise ours to its.
+Beside the watermark goes a 64-bit XOR hash of the owner's entries, so two nodes that already agree
+(because rumours delivered everything) see that at once and send nothing.
+
+A *withdrawn* entry belongs to an owner that died or left the network: it is hidden and never sent,
+but remembered so that the owner's live copy at the same Lamport time restores it when the owner
+comes back (a tombstone would win that tie and the entry would be lost: moby#47728).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from hashlib import blake2b
+
+from .wire import OwnerDigest, TableEvent
+
+EntryKey = tuple[str, str]  # (table, key)
+
+
+def entry_hash(event: TableEvent) -> int:
+    text = f"{event.owner}\x00{event.table}\x00{event.key}\x00{event.lamport}\x00{event.deleted:d}"
+    return int.from_bytes(blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+@dataclass(slots=True)
+class Entry:
+    event: TableEvent
+    seen_at: float  # local time this version arrived (or was written here)
+    hash: int
+    withdrawn: bool = False
+
+    @property
+    def visible(self) -> bool:
+        return not self.event.deleted and not self.withdrawn
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A stored version replaced another; `before`/`after` are what readers saw (None: nothing)."""
+
+    network: str
+    table: str
+    key: str
+    before: TableEvent | None
+    after: TableEvent | None
+    at: float
+
+    @property
+    def visible(self) -> bool:
+        """Whether readers of the table see a difference."""
+        return self.before is not None or self.after is not None
+
+
+class NetworkTable:
+    """All tables of one network as one node holds them."""
+
+    def __init__(self, network: str) -> None:
+        self.network = network
+        self.entries: dict[EntryKey, Entry] = {}
+        self._by_owner: dict[str, dict[EntryKey, Entry]] = {}
+        self._owner_hash: dict[str, int] = {}
+        self.watermarks: dict[str, int] = {}
+        # Highest Lamport time of a reaped tombstone per owner: a peer whose watermark is below it
+        # may still hold the deleted entry, so it gets that owner's entries in full.
+        self.reaped: dict[str, int] = {}
+        self.digest = 0
+        self.count = 0  # stored versions that count in the digest (live entries and tombstones)
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def visible(self) -> Iterator[Entry]:
+        return (e for e in self.entries.values() if e.visible)
+
+    def get(self, table: str, key: str) -> Entry | None:
+        return self.entries.get((table, key))
+
+    def owners(self) -> Iterable[str]:
+        return self._by_owner.keys()
+
+    # --- merging ------------------------------------------------------------------------------
+
+    def _unlink(self, key: EntryKey, entry: Entry) -> None:
+        owner = entry.event.owner
+        if not entry.withdrawn:
+            self._owner_hash[owner] ^= entry.hash
+            self.digest ^= entry.hash
+            self.count -= 1
+        bucket = self._by_owner[owner]
+        del bucket[key]
+        if not bucket:
+            del self._by_owner[owner]
+            self._owner_hash.pop(owner, None)
+
+    def _link(self, key: EntryKey, entry: Entry) -> None:
+        owner = entry.event.owner
+        self._by_owner.setdefault(owner, {})[key] = entry
+        if not entry.withdrawn:
+            self._owner_hash[owner] = self._owner_hash.get(owner, 0) ^ entry.hash
+            self.digest ^= entry.hash
+            self.count += 1
+
+    def apply(self, event: TableEvent, now: float) -> Change | None:
+        """Merge one version; returns the change (stored), or None when ours is as new or newer.
+
+        A stored tombstone where readers saw nothing is a change with neither `before` nor `after`.
+        """
+        key = (event.table, event.key)
+        current = self.entries.get(key)
+        before = None
+        if current is not None:
+            old = current.event
+            if current.withdrawn:
+                # The owner's own version at the same time restores a withdrawn entry.
+                if (event.lamport, event.owner) < (old.lamport, old.owner):
+                    return None
+            elif (event.lamport, event.owner, event.deleted) <= (old.lamport, old.owner, old.deleted):
+                return None
+            if current.visible:
+                before = old
+            self._unlink(key, current)
+        entry = Entry(event, now, entry_hash(event))
+        self.entries[key] = entry
+        self._link(key, entry)
+        return Change(self.network, event.table, event.key, before, None if event.deleted else event, now)
+
+    def withdraw_owner(self, owner: str, now: float) -> list[Change]:
+        """Hide every entry of an owner that died or left; forget how complete we were for it."""
+        self.watermarks.pop(owner, None)
+        changes = []
+        for key, entry in list(self._by_owner.get(owner, {}).items()):
+            if entry.withdrawn:
+                continue
+            self._unlink(key, entry)
+            was_visible = entry.visible
+            entry.withdrawn = True
+            entry.seen_at = now  # reaping counts from the withdrawal
+            self._link(key, entry)
+            if was_visible:
+                changes.append(Change(self.network, key[0], key[1], entry.event, None, now))
+        return changes
+
+    def reap(self, now: float, ttl: float) -> int:
+        """Forget tombstones and withdrawn entries older than `ttl`; returns how many."""
+        expired = [
+            (key, entry)
+            for key, entry in self.entries.items()
+            if (entry.event.deleted or entry.withdrawn) and now - entry.seen_at >= ttl
+        ]
+        for key, entry in expired:
+            self._unlink(key, entry)
+            del self.entries[key]
+            if entry.event.deleted and not entry.withdrawn:
+                owner = entry.event.owner
+                self.reaped[owner] = max(self.reaped.get(owner, 0), entry.event.lamport)
+        return len(expired)
+
+    # --- delta sync ---------------------------------------------------------------------------
+
+    def sync_digest(self) -> OwnerDigest:
+        owners = set(self.watermarks) | {o for o, h in self._owner_hash.items() if o in self._by_owner}
+        return {o: (self.watermarks.get(o, 0), self._owner_hash.get(o, 0)) for o in owners}
+
+    def delta_for(self, peer: OwnerDigest) -> tuple[list[TableEvent], list[str]]:
+        """Entries a peer with digest `peer` lacks, and the owners sent in full."""
+        events: list[TableEvent] = []
+        full: list[str] = []
+        for owner, bucket in self._by_owner.items():
+            mark, hashed = peer.get(owner, (0, 0))
+            if hashed == self._owner_hash.get(owner, 0):
+                continue  # identical sets of this owner's entries: nothing to send
+            if mark < self.reaped.get(owner, 0):
+                full.append(owner)
+                events.extend(e.event for e in bucket.values() if not e.withdrawn)
+            else:
+                events.extend(e.event for e in bucket.values() if not e.withdrawn and e.event.lamport > mark)
+        return events, full
+
+    def absorb(
+        self,
+        events: Iterable[TableEvent],
+        peer: OwnerDigest,
+        full_owners: Iterable[str],
+        now: float,
+        owner_ok: Callable[[str], bool],
+    ) -> list[Change]:
+        """Merge a peer's delta, then raise our watermarks to the peer's where that is now true."""
+        changes = []
+        sent_keys: dict[str, set[EntryKey]] = {o: set() for o in full_owners}
+        for event in events:
+            if event.owner in sent_keys:
+                sent_keys[event.owner].add((event.table, event.key))
+            if not owner_ok(event.owner):
+                continue
+            change = self.apply(event, now)
+            if change is not None and change.visible:
+                changes.append(change)
+        # A full owner's entries the peer no longer has were superseded by tombstones it reaped.
+        for owner, keys in sent_keys.items():
+            mark = peer.get(owner, (0, 0))[0]
+            for key, entry in list(self._by_owner.get(owner, {}).items()):
+                if key not in keys and entry.event.lamport <= mark:
+                    self._unlink(key, entry)
+                    del self.entries[key]
+                    if entry.visible:
+                        changes.append(Change(self.network, key[0], key[1], entry.event, None, now))
+        for owner, (mark, _) in peer.items():
+            if mark > self.watermarks.get(owner, 0) and owner_ok(owner):
+                self.watermarks[owner] = mark
+        return changes

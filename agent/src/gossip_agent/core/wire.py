@@ -1,0 +1,617 @@
+"""Messages and their msgpack codec: the only module that sees raw bytes.
+
+A datagram is `[version, sender, [message, ...]]`; a stream frame is `[version, sender, message]`.
+A message is a msgpack array `[type, field, ...]`, positional for compactness. Messages are encoded
+once (when queued) and datagrams are assembled by concatenating encoded messages behind an array
+header, so packing many events into one datagram costs no re-encoding and its size is exact.
+
+Decoding validates every field; anything wrong raises `RemoteProtocolError` and nothing else.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import msgpack
+
+from .errors import RemoteProtocolError
+
+PROTOCOL_VERSION = 1
+
+MAX_NAME = 255  # node, network, table names
+MAX_KEY = 1024
+MAX_VALUE = 16 * 1024
+MAX_DATAGRAM = 65_507  # largest UDP payload over IPv4
+MAX_MESSAGES_PER_DATAGRAM = 4096
+MAX_STREAM_ITEMS = 2_000_000
+MAX_INT = 2**63 - 1
+
+Address = tuple[str, int]
+
+
+class MessageType(enum.IntEnum):
+    """Only append: the numbers are the protocol."""
+
+    PING = 1
+    INDIRECT_PING = 2
+    ACK = 3
+    NACK = 4
+    ALIVE = 5
+    SUSPECT = 6
+    DEAD = 7
+    LEAVE = 8
+    NODE_NETWORK = 9
+    TABLE_EVENT = 10
+    NETWORK_DIGEST = 11
+    PUSH_PULL = 12
+    SYNC_REQUEST = 13
+    SYNC_RESPONSE = 14
+    SYNC_PUSH = 15
+    STREAM_ACK = 16
+
+
+# --- field validators: each returns the value or raises RemoteProtocolError ---------------------
+
+
+def _fail(what: str, value: Any) -> RemoteProtocolError:
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return RemoteProtocolError(f"bad {what}: {shown}", "malformed")
+
+
+def _str(value: Any, what: str, limit: int = MAX_NAME, empty: bool = False) -> str:
+    if not isinstance(value, str) or len(value) > limit or (not value and not empty):
+        raise _fail(what, value)
+    return value
+
+
+def _int(value: Any, what: str, low: int = 0, high: int = MAX_INT) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise _fail(what, value)
+    return value
+
+
+def _bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(what, value)
+    return value
+
+
+def _bytes(value: Any, what: str, limit: int = MAX_VALUE) -> bytes:
+    if not isinstance(value, bytes) or len(value) > limit:
+        raise _fail(what, value)
+    return value
+
+
+def _list(value: Any, what: str, limit: int = MAX_STREAM_ITEMS) -> list[Any]:
+    if not isinstance(value, list) or len(value) > limit:
+        raise _fail(what, value)
+    return value
+
+
+def _addr(value: Any, what: str) -> Address:
+    items = _list(value, what, 2)
+    if len(items) != 2:
+        raise _fail(what, value)
+    return _str(items[0], what + " host", 253), _int(items[1], what + " port", 0, 65535)
+
+
+def _fields(raw: list[Any], count: int, what: str) -> list[Any]:
+    if len(raw) != count:
+        raise RemoteProtocolError(f"{what} needs {count} fields, got {len(raw)}", "malformed")
+    return raw
+
+
+# --- messages ----------------------------------------------------------------------------------
+
+
+class Message:
+    """Base of every message: `to_wire` gives the field list, `from_wire` validates one."""
+
+    TYPE: ClassVar[MessageType]
+
+    def to_wire(self) -> list[Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_wire(cls, raw: list[Any]) -> Message:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Message):
+    TYPE: ClassVar[MessageType] = MessageType.PING
+    seq: int
+    target: str  # the name we believe answers at this address; a mismatch is not acked
+
+    def to_wire(self) -> list[Any]:
+        return [self.seq, self.target]
+
+    @classmethod
+    def from_wire(cls, raw: list[Any]) -> Ping:
+        seq, target = _fields(raw, 2, "ping")
+        return cls(_int(seq, "seq"), _str(target, "target"))
+
+
+@dataclass(frozen=True, slots=True)
+class IndirectPing(Message):
+    TYPE: ClassVar[MessageType] = MessageType.INDIRECT_PING
+    seq: int
+    target: str
+    target_addr: Address
+
+    def to_wire(self) -> list[Any]:
+        return [self.seq, self.target, list(self.target_addr)]
+
+    @classmethod
+    def from_wire(cls, raw: list[Any]) -> IndirectPing:
+        seq, target, addr = _fields(raw, 3, "indirect ping")
+        return cls(_int(seq, "seq"), _str(target, "target"), _addr(addr, "target address"))
+
+
+@dataclass(frozen=True, slots=True)
+class Ack(Message):
+    TYPE: ClassVar[MessageType] = MessageType.ACK
+    seq: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.seq]
+
+    @classmethod
+    def from_wire(cls, raw: list[Any]) -> Ack:
+        (seq,) = _fields(raw, 1, "ack")
+        return cls(_int(seq, "seq"))
+
+
+@dataclass(frozen=True, slots=True)
+class Nack(Message):
+    TYPE: ClassVar[MessageType] = MessageType.NACK
+    seq: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.seq]
+
+    @classmethod
+    def from_wire(cls, raw: list[Any]) -> Nack:
+        (seq,) = _fields(raw, 1, "nack")
+        return cls(_int(seq, "seq"))
+
+
+@dataclass(frozen=True, slots=True)
+class Alive(Message):
+    TYPE: ClassVar[MessageType] = MessageType.ALIVE
+    node: str
+    incarnation: int
+    addr: Address
+
+    def to_wire(self) -> list[Any]:
+        return [self.node, self.incarnation, list(self.addr)]
+
+    @classmethod
+    def from_wire(cls, raw: list[Any]) -> Alive:
+        node, inc, addr = _fields(raw, 3, "alive")
+        return cls(_str(node, "node"), _int(inc, "incarnation"), _addr(addr, "address"))
+
+
+@dataclass(frozen=True, slots=True)
+class Suspect(Message):
+    TYPE: ClassVar[MessageType] = MessageType.SUSPECT
+    node: str
+    incarnation: int
+    by: str
+
+    def to_wire(self) -> list[Any]:
+        return [self.node, self.incarnation, self.by]
+
+    @classmethod
+    def from_wire(cls, raw: list[Any]) -> Suspect:
+        node, inc, by = _fields(raw, 3, "suspect")
+        return cls(_str(node, "node"), _int(inc, "incarnation"), _str(by, "by"))
+
+
+@dataclass(frozen=True, slots=True)
+class Dead(Message):
+    TYPE: ClassVar[MessageType] = MessageType.DEAD
+    node: str
+    incarnation: int
+    by: str
+
+    def to_wire(self) -> list[Any]:
+        return [self.node, self.incarnation, self.by]
+
+    @classmethod
+    def from_wire(cls, raw: list[Any]) -> Dead:
+        node, inc, by = _fields(raw, 3, "dead")
+        return cls(_str(node, "node"), _int(inc, "incarnation"), _str(by, "by"))
+
+
+@dataclass(frozen=True, slots=True)
+class Leave(Message):
+    TYPE: ClassVar[MessageType] = MessageType.LEAVE
+    node: str
+    incarnation: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.node, self.incarnation]
+
+    @classmethod
+    def from_wire(cls, raw: list[Any]) -> Leave:
+        node, inc = _fields(raw, 2, "leave")
+        return cls(_str(node, "node"), _int(inc, "incarnation"))
+
+
+@dataclass(frozen=True, slots=True)
+class NodeNetwork(Message):
+    """A node attached to (or detached from) a network, at the node's Lamport time."""
+
+    TYPE: ClassVar[MessageType] = MessageType.NODE_NETWORK
+    node: str
+    network: str
+    lamport: int
+    attached: bool
+
+    def to_wire(self) -> list[Any]:
+        return [self.node, self.network, self.lamport, self.attached]
+
+    @classmethod
+    def from_wire(cls, raw: list[Any]) -> NodeNetwork:
+        node, network, lamport, attached = _fields(raw, 4, "node-network")
+        return cls(
+            _str(node, "node"),
+            _str(network, "network"),
+            _int(lamport, "lamport"),
+            _bool(attached, "attached"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TableEvent(Message):
+    """One version of one entry: (network, table, key) -> value, written by `owner`."""
+
+    TYPE: ClassVar[MessageType] = MessageType.TABLE_EVENT
+    network: str
+    table: str
+    key: str
+    value: bytes
+    owner: str
+    lamport: int
+    wall_ms: int  # the owner's wall clock at the write, for latency measurement only
+    deleted: bool
+
+    def to_wire(self) -> list[Any]:
+        return [
+            self.network,
+            self.table,
+            self.key,
+            self.value,
+            self.owner,
+            self.lamport,
+            self.wall_ms,
+            self.deleted,
+        ]
+
+    @classmethod
+    def from_wire(cls, raw: list[Any]) -> TableEvent:
+        network, table, key, value, owner, lamport, wall, deleted = _fields(raw, 8, "table event")
+        return cls(
+            _str(network, "network"),
+            _str(table, "table"),
+            _str(key, "key", MAX_KEY),
+            _bytes(value, "value"),
+            _str(owner, "owner"),
+            _int(lamport, "lamport", 1),
+            _int(wall, "wall time"),
+            _bool(deleted, "deleted"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkDigest(Message):
+    """A summary of the sender's table for one network: if ours differs, one of us is behind."""
+
+    TYPE: ClassVar[MessageType] = MessageType.NETWORK_DIGEST
+    network: str
+    digest: int  # XOR of every live entry's and tombstone's 64-bit hash
+    count: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.network, self.digest, self.count]
+
+    @classmethod
+    def from_wire(cls, raw: list[Any]) -> NetworkDigest:
+        network, digest, count = _fields(raw, 3, "network digest")
+        return cls(_str(network, "network"), _int(digest, "digest", 0, 2**64 - 1), _int(count, "count"))
+
+
+@dataclass(frozen=True, slots=True)
+class MemberState:
+    """One member as a push-pull carries it (not a message of its own)."""
+
+    node: str
+    addr: Address
+    incarnation: int
+    state: int  # membership.State value
+
+    def to_wire(self) -> list[Any]:
+        return [self.node, list(self.addr), self.incarnation, self.state]
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> MemberState:
+        node, addr, inc, state = _fields(_list(raw, "member", 4), 4, "member")
+        return cls(_str(node, "node"), _addr(addr, "address"), _int(inc, "incarnation"), _int(state, "state", 0, 3))
+
+
+@dataclass(frozen=True, slots=True)
+class PushPull(Message):
+    """Full membership state, both directions; `join` marks the first exchange of a new node."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PUSH_PULL
+    members: tuple[MemberState, ...]
+    attachments: tuple[NodeNetwork, ...]
+    join: bool
+
+    def to_wire(self) -> list[Any]:
+        return [[m.to_wire() for m in self.members], [a.to_wire() for a in self.attachments], self.join]
+
+    @classmethod
+    def from_wire(cls, raw: list[Any]) -> PushPull:
+        members, attachments, join = _fields(raw, 3, "push-pull")
+        return cls(
+            tuple(MemberState.from_wire(m) for m in _list(members, "members")),
+            tuple(NodeNetwork.from_wire(_list(a, "attachment", 4)) for a in _list(attachments, "attachments")),
+            _bool(join, "join"),
+        )
+
+
+OwnerDigest = dict[str, tuple[int, int]]  # owner -> (complete-up-to Lamport time, hash of its entries)
+
+
+def _digest_to_wire(digest: OwnerDigest) -> list[Any]:
+    return [[owner, mark, hashed] for owner, (mark, hashed) in sorted(digest.items())]
+
+
+def _digest_from_wire(raw: Any) -> OwnerDigest:
+    result: OwnerDigest = {}
+    for item in _list(raw, "owner digest"):
+        owner, mark, hashed = _fields(_list(item, "owner digest item", 3), 3, "owner digest item")
+        result[_str(owner, "owner")] = (_int(mark, "watermark"), _int(hashed, "owner hash", 0, 2**64 - 1))
+    return result
+
+
+def _events_from_wire(raw: Any, network: str) -> tuple[TableEvent, ...]:
+    events = []
+    for item in _list(raw, "entries"):
+        event = TableEvent.from_wire(_list(item, "entry", 8))
+        if event.network != network:
+            raise RemoteProtocolError(f"entry of network {event.network!r} in a sync of {network!r}", "malformed")
+        events.append(event)
+    return tuple(events)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncRequest(Message):
+    """Start of a network's delta sync: the initiator's per-owner digest."""
+
+    TYPE: ClassVar[MessageType] = MessageType.SYNC_REQUEST
+    network: str
+    digest: OwnerDigest
+
+    def to_wire(self) -> list[Any]:
+        return [self.network, _digest_to_wire(self.digest)]
+
+    @classmethod
+    def from_wire(cls, raw: list[Any]) -> SyncRequest:
+        network, digest = _fields(raw, 2, "sync request")
+        return cls(_str(network, "network"), _digest_from_wire(digest))
+
+
+@dataclass(frozen=True, slots=True)
+class SyncResponse(Message):
+    """What the initiator lacks, the responder's digest (so the initiator can push back), and the
+    owners whose entries are sent in full because tombstones the initiator never saw were reaped."""
+
+    TYPE: ClassVar[MessageType] = MessageType.SYNC_RESPONSE
+    network: str
+    entries: tuple[TableEvent, ...]
+    digest: OwnerDigest
+    full_owners: tuple[str, ...]
+    member: bool  # False: the responder is not in this network (any more)
+
+    def to_wire(self) -> list[Any]:
+        return [
+            self.network,
+            [e.to_wire() for e in self.entries],
+            _digest_to_wire(self.digest),
+            list(self.full_owners),
+            self.member,
+        ]
+
+    @classmethod
+    def from_wire(cls, raw: list[Any]) -> SyncResponse:
+        network, entries, digest, full, member = _fields(raw, 5, "sync response")
+        name = _str(network, "network")
+        return cls(
+            name,
+            _events_from_wire(entries, name),
+            _digest_from_wire(digest),
+            tuple(_str(o, "owner") for o in _list(full, "full owners")),
+            _bool(member, "member"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SyncPush(Message):
+    """Second half of a sync: what the responder lacks."""
+
+    TYPE: ClassVar[MessageType] = MessageType.SYNC_PUSH
+    network: str
+    entries: tuple[TableEvent, ...]
+    digest: OwnerDigest
+    full_owners: tuple[str, ...]
+
+    def to_wire(self) -> list[Any]:
+        return [self.network, [e.to_wire() for e in self.entries], _digest_to_wire(self.digest), list(self.full_owners)]
+
+    @classmethod
+    def from_wire(cls, raw: list[Any]) -> SyncPush:
+        network, entries, digest, full = _fields(raw, 4, "sync push")
+        name = _str(network, "network")
+        return cls(
+            name,
+            _events_from_wire(entries, name),
+            _digest_from_wire(digest),
+            tuple(_str(o, "owner") for o in _list(full, "full owners")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAck(Message):
+    """The reply to a stream that needs no other answer."""
+
+    TYPE: ClassVar[MessageType] = MessageType.STREAM_ACK
+
+    def to_wire(self) -> list[Any]:
+        return []
+
+    @classmethod
+    def from_wire(cls, raw: list[Any]) -> StreamAck:
+        _fields(raw, 0, "stream ack")
+        return cls()
+
+
+_DECODERS: dict[int, Callable[[list[Any]], Message]] = {
+    cls.TYPE: cls.from_wire
+    for cls in (
+        Ping,
+        IndirectPing,
+        Ack,
+        Nack,
+        Alive,
+        Suspect,
+        Dead,
+        Leave,
+        NodeNetwork,
+        TableEvent,
+        NetworkDigest,
+        PushPull,
+        SyncRequest,
+        SyncResponse,
+        SyncPush,
+        StreamAck,
+    )
+}
+DATAGRAM_TYPES = frozenset(
+    {
+        MessageType.PING,
+        MessageType.INDIRECT_PING,
+        MessageType.ACK,
+        MessageType.NACK,
+        MessageType.ALIVE,
+        MessageType.SUSPECT,
+        MessageType.DEAD,
+        MessageType.LEAVE,
+        MessageType.NODE_NETWORK,
+        MessageType.TABLE_EVENT,
+        MessageType.NETWORK_DIGEST,
+    }
+)
+
+
+# --- codec -------------------------------------------------------------------------------------
+
+
+def encode_message(message: Message) -> bytes:
+    """One message, ready to be concatenated into a datagram."""
+    data: bytes = msgpack.packb([int(message.TYPE), *message.to_wire()], use_bin_type=True)
+    return data
+
+
+def _array_header(count: int) -> bytes:
+    if count < 16:
+        return bytes([0x90 | count])
+    if count < 65536:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
+def datagram_header(sender: str) -> bytes:
+    """The fixed prefix of every datagram from `sender` (envelope array, version, sender)."""
+    name: bytes = msgpack.packb(sender, use_bin_type=True)
+    return b"\x93" + bytes([PROTOCOL_VERSION]) + name
+
+
+def assemble_datagram(header: bytes, encoded: Sequence[bytes]) -> bytes:
+    """A datagram from a header and already-encoded messages, without re-encoding them."""
+    return header + _array_header(len(encoded)) + b"".join(encoded)
+
+
+def encode_datagram(sender: str, messages: Sequence[Message]) -> bytes:
+    return assemble_datagram(datagram_header(sender), [encode_message(m) for m in messages])
+
+
+def _unpack(data: bytes, max_len: int) -> Any:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise RemoteProtocolError("input is not bytes", "malformed")
+    if len(data) > max_len:
+        raise RemoteProtocolError(f"{len(data)} bytes exceed the limit of {max_len}", "too_large")
+    try:
+        return msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_bin_len=max_len,
+            max_str_len=max_len,
+            max_array_len=MAX_STREAM_ITEMS,
+            max_map_len=0,  # the protocol has no maps
+            max_ext_len=0,
+        )
+    except RemoteProtocolError:
+        raise
+    except Exception as exc:  # msgpack raises many kinds (ValueError, ExtraData, StackError, ...)
+        raise RemoteProtocolError(f"undecodable msgpack: {type(exc).__name__}", "malformed") from None
+
+
+def _envelope(raw: Any) -> tuple[str, Any]:
+    if not isinstance(raw, list) or len(raw) != 3:
+        raise RemoteProtocolError("envelope is not [version, sender, body]", "malformed")
+    version, sender, body = raw
+    if version != PROTOCOL_VERSION or isinstance(version, bool):
+        raise RemoteProtocolError(f"unsupported protocol version {version!r}", "version")
+    return _str(sender, "sender"), body
+
+
+def _message(raw: Any, allowed: frozenset[MessageType] | None) -> Message:
+    if not isinstance(raw, list) or not raw:
+        raise _fail("message", raw)
+    kind = raw[0]
+    if not isinstance(kind, int) or isinstance(kind, bool) or kind not in _DECODERS:
+        raise RemoteProtocolError(f"unknown message type {kind!r}", "unknown_type")
+    if allowed is not None and kind not in allowed:
+        raise RemoteProtocolError(f"message type {MessageType(kind).name} not allowed here", "unknown_type")
+    return _DECODERS[kind](raw[1:])
+
+
+def decode_datagram(data: bytes) -> tuple[str, list[Message]]:
+    """(sender, messages) of one datagram; raises RemoteProtocolError on anything invalid."""
+    sender, body = _envelope(_unpack(data, MAX_DATAGRAM))
+    items = _list(body, "message list", MAX_MESSAGES_PER_DATAGRAM)
+    return sender, [_message(item, DATAGRAM_TYPES) for item in items]
+
+
+def encode_frame(sender: str, message: Message) -> bytes:
+    """One stream frame (the transport adds the length prefix)."""
+    data: bytes = msgpack.packb([PROTOCOL_VERSION, sender, [int(message.TYPE), *message.to_wire()]], use_bin_type=True)
+    return data
+
+
+def decode_frame(data: bytes, max_bytes: int) -> tuple[str, Message]:
+    sender, body = _envelope(_unpack(data, max_bytes))
+    message = _message(body, None)
+    if message.TYPE in DATAGRAM_TYPES:
+        raise RemoteProtocolError(f"{message.TYPE.name} is not a stream message", "unknown_type")
+    return sender, message
