@@ -78,7 +78,8 @@ class BroadcastQueue:
                     left -= size
                     if left <= per_message_overhead:
                         break
-        for item in chosen:
+        # Move on oldest first, so that each level stays (roughly) in arrival order.
+        for item in sorted(chosen, key=lambda i: i.order):
             del self._levels[item.transmits][item.order]
             item.transmits += 1
             if item.transmits >= limit:

@@ -106,7 +106,7 @@ class Simulator:
     def _schedule_tick(self, name: str) -> None:
         node = self.nodes[name]
         at = max(node.next_deadline(), self.now)
-        if self.tick_at.get(name, math.inf) > at or self.tick_at.get(name, 0) < self.now:
+        if at < self.tick_at.get(name, math.inf):  # an earlier tick supersedes the queued one
             self.tick_at[name] = at
             self._push(at, TICK, name)
 
@@ -407,7 +407,8 @@ class Simulator:
             if kind == TICK:
                 name = item[3]
                 if name in self.crashed or self.tick_at.get(name) != at:
-                    continue
+                    continue  # superseded by an earlier tick, or the node crashed
+                del self.tick_at[name]
                 self.nodes[name].tick(at)
                 self._flush(name)
             elif kind == DATAGRAM:

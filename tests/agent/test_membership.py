@@ -1,0 +1,112 @@
+"""SWIM transitions, refutation, probing and Lifeguard-style suspicion of one Membership."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gossip_agent.core.config import Config
+from gossip_agent.core.errors import LocalProtocolError
+from gossip_agent.core.membership import TRANSITIONS, Input, Membership, State, transition
+from gossip_agent.core.wire import Ack, Alive, Dead, IndirectPing, Leave, Ping, Suspect
+
+CONFIG = Config()
+
+
+def member_view(*others: str) -> Membership:
+    m = Membership("me", ("10.0.0.1", 1), CONFIG, random.Random(1), now=0.0)
+    for i, name in enumerate(others):
+        m.on_alive(Alive(name, 1, ("10.0.0.9", i)), 0.0)
+    m.take_broadcasts()
+    m.take_changes()
+    return m
+
+
+def test_every_state_input_pair_is_either_listed_or_an_error_naming_both():
+    for state in State:
+        for event in Input:
+            if (state, event) in TRANSITIONS:
+                assert transition(state, event) in State
+            else:
+                with pytest.raises(LocalProtocolError, match=f"{state.name}.*{event.value}"):
+                    transition(state, event)
+
+
+def test_suspicion_of_ourselves_is_refuted_with_a_higher_incarnation():
+    m = member_view("a")
+    m.on_suspect(Suspect("me", 0, "a"), 1.0)
+    assert m.incarnation == 1
+    assert m.take_broadcasts() == [Alive("me", 1, ("10.0.0.1", 1))]
+    m.on_dead(Dead("me", 5, "a"), 2.0)
+    assert m.incarnation == 6
+
+
+def test_stale_messages_do_not_change_a_member():
+    m = member_view("a")
+    m.on_alive(Alive("a", 3, ("10.0.0.9", 0)), 1.0)
+    m.on_suspect(Suspect("a", 2, "b"), 1.0)
+    assert m.state_of("a") == State.ALIVE
+    m.on_suspect(Suspect("a", 3, "b"), 1.0)
+    assert m.state_of("a") == State.SUSPECT
+    m.on_alive(Alive("a", 3, ("10.0.0.9", 0)), 1.0)  # same incarnation cannot refute
+    assert m.state_of("a") == State.SUSPECT
+    m.on_alive(Alive("a", 4, ("10.0.0.9", 0)), 1.0)
+    assert m.state_of("a") == State.ALIVE
+
+
+def test_unanswered_probe_goes_indirect_then_suspect_then_dead():
+    m = member_view("a", "b", "c", "d")
+    target_seen = None
+    now = m.next_probe_at
+    m.tick(now)
+    (addr, ping), *_ = m.take_outbox()
+    assert isinstance(ping, Ping)
+    target_seen = ping.target
+    m.tick(now + CONFIG.probe_timeout)
+    indirect = m.take_outbox()
+    assert len(indirect) == CONFIG.indirect_checks
+    assert all(isinstance(msg, IndirectPing) and msg.target == target_seen for _, msg in indirect)
+    m.tick(now + CONFIG.probe_interval)
+    assert m.state_of(target_seen) == State.SUSPECT
+    low, high = CONFIG.suspicion_timeouts(m.alive_count)
+    m.tick(now + CONFIG.probe_interval + low)  # no confirmations: the maximum applies
+    assert m.state_of(target_seen) == State.SUSPECT
+    m.tick(now + CONFIG.probe_interval + high)
+    assert m.state_of(target_seen) == State.DEAD
+    assert any(isinstance(b, Dead) and b.node == target_seen for b in m.take_broadcasts())
+
+
+def test_confirmations_shorten_suspicion_to_the_minimum():
+    m = member_view("a", "b", "c", "d", "e")
+    m.on_suspect(Suspect("a", 1, "b"), 10.0)
+    for by in ("c", "d", "e"):
+        m.on_suspect(Suspect("a", 1, by), 10.0)
+    low, _ = CONFIG.suspicion_timeouts(m.alive_count)
+    m.tick(10.0 + low - 0.01)
+    assert m.state_of("a") == State.SUSPECT
+    m.tick(10.0 + low)
+    assert m.state_of("a") == State.DEAD
+
+
+def test_acked_probe_keeps_the_target_alive_and_indirect_acks_are_relayed():
+    m = member_view("a")
+    m.tick(m.next_probe_at)
+    (_, ping), *_ = m.take_outbox()
+    m.on_ack(Ack(ping.seq))
+    m.tick(m.next_probe_at - 0.01)
+    assert m.state_of("a") == State.ALIVE
+    m.on_indirect_ping(IndirectPing(77, "a", ("10.0.0.9", 0)), ("10.0.0.5", 5), 3.0)
+    ((_, relayed_ping),) = m.take_outbox()
+    m.on_ack(Ack(relayed_ping.seq))
+    assert m.take_outbox() == [(("10.0.0.5", 5), Ack(77))]
+
+
+def test_leave_marks_left_and_a_later_alive_rejoins():
+    m = member_view("a")
+    m.on_leave(Leave("a", 1), 1.0)
+    assert m.state_of("a") == State.LEFT
+    assert m.alive_count == 1
+    m.on_alive(Alive("a", 2, ("10.0.0.9", 0)), 2.0)
+    assert m.state_of("a") == State.ALIVE
+    assert [c.after for c in m.take_changes()] == [State.LEFT, State.ALIVE]

@@ -1,0 +1,131 @@
+"""A few Nodes wired together directly (instant delivery, manual time): scope and API rules."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gossip_agent.core.config import local
+from gossip_agent.core.errors import LocalProtocolError
+from gossip_agent.core.node import Node
+from gossip_agent.core.wire import TableEvent, encode_datagram
+
+
+class Wire:
+    """Delivers every datagram and stream at once; time moves only when told."""
+
+    def __init__(self, names: list[str], seed: int = 1) -> None:
+        rng = random.Random(seed)
+        self.now = 0.0
+        self.nodes = {n: Node(n, (n, 7946), local(), random.Random(rng.random()), 0.0) for n in names}
+
+    def run(self, seconds: float, step: float = 0.05) -> None:
+        end = self.now + seconds
+        while self.now < end:
+            self.now += step
+            for node in list(self.nodes.values()):
+                node.tick(self.now)
+            self.deliver()
+
+    def deliver(self) -> None:
+        busy = True
+        while busy:
+            busy = False
+            for node in list(self.nodes.values()):
+                for addr, data in node.take_datagrams():
+                    busy = True
+                    if addr[0] in self.nodes:
+                        self.nodes[addr[0]].handle_datagram(node.addr, data, self.now)
+                for request in node.take_streams():
+                    busy = True
+                    peer = self.nodes.get(request.addr[0])
+                    reply = peer.handle_stream(request.frame, self.now) if peer else None
+                    node.on_stream_reply(request.id, reply or None, self.now)
+                node.take_changes()
+
+    def form(self, networks: dict[str, list[str]]) -> None:
+        for network, names in networks.items():
+            for name in names:
+                self.nodes[name].attach(network, self.now)
+        first = next(iter(self.nodes.values()))
+        for node in self.nodes.values():
+            node.join([first.addr], self.now)
+        self.run(2.0)
+
+    def keys(self, name: str, network: str) -> set[str]:
+        node = self.nodes[name]
+        if network not in node.networks:
+            return set()
+        return {e.event.key for e in node.networks[network].table.visible()}
+
+
+@pytest.fixture
+def overlap() -> Wire:
+    """The seed's overlapping networks: left = w1,w2,w3 and right = w3,w4,w5."""
+    wire = Wire(["w1", "w2", "w3", "w4", "w5"])
+    wire.form({"left": ["w1", "w2", "w3"], "right": ["w3", "w4", "w5"]})
+    return wire
+
+
+def test_overlapping_networks_stay_in_scope(overlap):
+    for i in range(20):
+        overlap.nodes["w1"].write("left", "ep", f"l{i}", b"x", overlap.now, 0)
+        overlap.nodes["w5"].write("right", "ep", f"r{i}", b"y", overlap.now, 0)
+    overlap.run(2.0)
+    left = {f"l{i}" for i in range(20)}
+    right = {f"r{i}" for i in range(20)}
+    assert overlap.keys("w2", "left") == left
+    assert overlap.keys("w3", "left") == left
+    assert overlap.keys("w3", "right") == right
+    assert overlap.keys("w4", "right") == right
+    assert "right" not in overlap.nodes["w1"].networks
+    assert "left" not in overlap.nodes["w5"].networks
+    for node in overlap.nodes.values():
+        assert node.stats.get("dropped_out_of_scope", 0) == 0, node.name  # never even sent to them
+
+
+def test_events_of_a_foreign_network_are_dropped_and_counted(overlap):
+    event = TableEvent("right", "ep", "sneak", b"z", "w4", 99, 0, False)
+    overlap.nodes["w1"].handle_datagram(("w4", 7946), encode_datagram("w4", [event]), overlap.now)
+    assert overlap.nodes["w1"].stats["dropped_out_of_scope"] == 1
+    assert "right" not in overlap.nodes["w1"].networks
+
+
+def test_api_misuse_is_a_local_protocol_error(overlap):
+    with pytest.raises(LocalProtocolError, match="not attached"):
+        overlap.nodes["w1"].write("right", "ep", "k", b"", overlap.now, 0)
+    with pytest.raises(LocalProtocolError, match="no entry"):
+        overlap.nodes["w1"].delete("left", "ep", "missing", overlap.now, 0)
+
+
+def test_a_node_joining_a_network_gets_its_table_in_one_sync(overlap):
+    for i in range(500):
+        overlap.nodes["w4"].write("right", "ep", f"r{i}", b"y", overlap.now, 0)
+    overlap.run(2.0)
+    w1 = overlap.nodes["w1"]
+    joins_before = w1.stats["syncs_join"]
+    w1.attach("right", overlap.now)
+    overlap.deliver()  # no time passes: the join sync alone brings the table
+    assert overlap.keys("w1", "right") == {f"r{i}" for i in range(500)}
+    assert w1.stats["syncs_join"] == joins_before + 1
+
+
+def test_detach_withdraws_own_entries_everywhere(overlap):
+    overlap.nodes["w3"].write("left", "ep", "mine", b"x", overlap.now, 0)
+    overlap.run(1.0)
+    assert "mine" in overlap.keys("w1", "left")
+    overlap.nodes["w3"].detach("left", overlap.now, 0)
+    overlap.run(1.0)
+    assert "mine" not in overlap.keys("w1", "left")
+    assert "w3" not in overlap.nodes["w1"].peers_in("left")
+
+
+def test_graceful_leave_is_seen_as_left_not_dead(overlap):
+    overlap.nodes["w5"].leave(overlap.now)
+    overlap.deliver()
+    leaver = overlap.nodes.pop("w5")
+    overlap.run(1.0)
+    assert leaver.left
+    for node in overlap.nodes.values():
+        assert node.membership.state_of("w5").name == "LEFT"

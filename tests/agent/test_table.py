@@ -1,0 +1,119 @@
+"""Merge rule, tombstones, withdrawal and delta sync of one network's table."""
+
+from __future__ import annotations
+
+from gossip_agent.core.table import NetworkTable
+from gossip_agent.core.wire import TableEvent
+
+
+def ev(key, owner="a", lamport=1, deleted=False, value=b"v"):
+    return TableEvent("net", "t", key, b"" if deleted else value, owner, lamport, 0, deleted)
+
+
+def view(table):
+    return {(e.event.key, e.event.owner, e.event.value) for e in table.visible()}
+
+
+def sync(src: NetworkTable, dst: NetworkTable, ok=lambda owner: True):
+    """One direction of a delta sync, as the node runs it."""
+    events, full = src.delta_for(dst.sync_digest())
+    dst.absorb(events, src.sync_digest(), full, 0.0, ok)
+    return events
+
+
+def test_higher_lamport_wins_and_ties_break_by_owner_then_delete():
+    t = NetworkTable("net")
+    assert t.apply(ev("k", "a", 2), 0) is not None
+    assert t.apply(ev("k", "b", 1), 0) is None  # older
+    assert t.apply(ev("k", "b", 2), 0) is not None  # same time, higher owner
+    assert t.apply(ev("k", "a", 2), 0) is None
+    change = t.apply(ev("k", "b", 2, deleted=True), 0)  # same version, delete wins
+    assert change is not None
+    assert change.after is None
+    assert not list(t.visible())
+
+
+def test_tombstone_blocks_a_stale_create_until_reaped():
+    t = NetworkTable("net")
+    t.apply(ev("k", lamport=5), 0)
+    t.apply(ev("k", lamport=6, deleted=True), 10)
+    assert t.apply(ev("k", lamport=5), 11) is None
+    assert t.reap(now=20, ttl=30) == 0
+    assert t.reap(now=40, ttl=30) == 1
+    assert t.reaped == {"a": 6}
+
+
+def test_merge_is_commutative_and_idempotent():
+    events = [ev("k1", "a", 1), ev("k1", "b", 3), ev("k2", "a", 2), ev("k1", "a", 3, deleted=True), ev("k2", "b", 2)]
+    a, b = NetworkTable("net"), NetworkTable("net")
+    for e in events:
+        a.apply(e, 0)
+    for e in reversed(events + events):
+        b.apply(e, 0)
+    assert view(a) == view(b)
+    assert a.digest == b.digest
+    assert a.count == b.count
+
+
+def test_withdrawn_entries_come_back_with_the_owners_same_version():
+    t = NetworkTable("net")
+    t.apply(ev("k", "a", 4), 0)
+    changes = t.withdraw_owner("a", 1)
+    assert [c.before.key for c in changes] == ["k"]
+    assert not list(t.visible())
+    assert t.digest == 0
+    # moby#47728: a tombstone at the same Lamport time would win and lose the entry for good.
+    restored = t.apply(ev("k", "a", 4), 2)
+    assert restored is not None
+    assert restored.after is not None
+    assert view(t) == {("k", "a", b"v")}
+
+
+def test_delta_sync_sends_only_what_the_peer_lacks_and_raises_watermarks():
+    src, dst = NetworkTable("net"), NetworkTable("net")
+    for i in range(1, 101):
+        src.apply(ev(f"k{i}", "a", i), 0)
+    src.watermarks["a"] = 100  # src is the owner: complete
+    for i in range(1, 51):
+        dst.apply(ev(f"k{i}", "a", i), 0)
+    sent = sync(src, dst)
+    assert len(sent) == 100  # dst's watermark was 0: everything above it
+    assert dst.watermarks["a"] == 100
+    assert view(dst) == view(src)
+    src.apply(ev("k101", "a", 101), 0)
+    src.watermarks["a"] = 101
+    assert [e.key for e in sync(src, dst)] == ["k101"]  # now only the difference
+    assert sync(src, dst) == []  # equal hashes: nothing at all
+
+
+def test_equal_sets_raise_the_watermark_without_sending():
+    src, dst = NetworkTable("net"), NetworkTable("net")
+    for t in (src, dst):
+        for i in range(1, 11):
+            t.apply(ev(f"k{i}", "a", i), 0)
+    src.watermarks["a"] = 10
+    assert sync(src, dst) == []
+    assert dst.watermarks["a"] == 10
+
+
+def test_peer_behind_a_reaped_tombstone_gets_the_owner_in_full_and_drops_the_stale_entry():
+    src, dst = NetworkTable("net"), NetworkTable("net")
+    for t in (src, dst):
+        t.apply(ev("gone", "a", 1), 0)
+        t.apply(ev("kept", "a", 2), 0)
+    src.apply(ev("gone", "a", 3, deleted=True), 0)
+    src.watermarks["a"] = 3
+    src.reap(now=100, ttl=30)  # the tombstone is forgotten; dst never saw it
+    events, full = src.delta_for(dst.sync_digest())
+    assert full == ["a"]
+    dst.absorb(events, src.sync_digest(), full, 0.0, lambda owner: True)
+    assert view(dst) == {("kept", "a", b"v")}
+
+
+def test_absorb_skips_owners_that_are_gone_and_keeps_their_watermark_low():
+    src, dst = NetworkTable("net"), NetworkTable("net")
+    src.apply(ev("k", "dead", 5), 0)
+    src.watermarks["dead"] = 5
+    sync(src, dst, ok=lambda owner: owner != "dead")
+    assert not list(dst.visible())
+    assert "dead" not in dst.watermarks
