@@ -19,6 +19,7 @@ setup: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check agent/src lab tests bench
+	$(VENV)/bin/ruff format --check agent/src lab tests bench
 	$(VENV)/bin/mypy
 
 unit: $(STAMP)
@@ -34,9 +35,10 @@ nightly: $(STAMP)
 	$(PY) bench/sim_scale.py
 
 demo: $(STAMP)
-	@echo "The local-lab demo (ansible bring-up + headline experiment) is not built yet; running the"
-	@echo "headline experiment in the simulator instead: 30 nodes, 3 networks, 10,000 endpoints, halves partition."
-	$(VENV)/bin/gossip-agent sim --nodes 30 --networks 3 --endpoints 10000 --partition halves:2s-8s --seed 7
+	@echo "The local namespace lab is not built yet; running the headline experiment in the simulator:"
+	@echo "30 nodes, 3 overlapping networks, 10,000 endpoints written during a halves partition, then heal."
+	$(VENV)/bin/gossip-agent sim --nodes 30 --networks 3 --endpoints 10000 --rate 1000 --delete-fraction 0.2 \
+		--partition halves:2s-20s --seed 7 --json results-demo.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
