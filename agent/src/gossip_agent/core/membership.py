@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import enum
 import math
-import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .config import Config
 from .errors import LocalProtocolError
+from .rng import Rng
 from .wire import Ack, Address, Alive, Dead, IndirectPing, Leave, MemberState, Message, Nack, Ping, Suspect
 
 
@@ -109,7 +109,7 @@ class _RelayedProbe:
 class Membership:
     """One node's view of the cluster."""
 
-    def __init__(self, name: str, addr: Address, config: Config, rng: random.Random, now: float, incarnation: int = 0):
+    def __init__(self, name: str, addr: Address, config: Config, rng: Rng, now: float, incarnation: int = 0):
         self.name = name
         self.addr = addr
         self.config = config

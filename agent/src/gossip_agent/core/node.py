@@ -12,7 +12,6 @@ drops (and counts) table events of networks it is not in.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -22,6 +21,7 @@ from .clock import LamportClock
 from .config import Config
 from .errors import LocalProtocolError, RemoteProtocolError
 from .membership import GONE, LIVE, Member, MemberChange, Membership, State
+from .rng import Rng
 from .table import Change, NetworkTable
 from .wire import (
     Ack,
@@ -96,7 +96,7 @@ class Node:
         name: str,
         addr: Address,
         config: Config,
-        rng: random.Random,
+        rng: Rng,
         now: float,
         *,
         lamport: int = 0,
