@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import msgpack
 
@@ -154,31 +154,28 @@ class IndirectPing(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Ack(Message):
-    TYPE: ClassVar[MessageType] = MessageType.ACK
+class _SeqReply(Message):
     seq: int
 
     def to_wire(self) -> list[Any]:
         return [self.seq]
 
     @classmethod
-    def from_wire(cls, raw: list[Any]) -> Ack:
-        (seq,) = _fields(raw, 1, "ack")
+    def from_wire(cls, raw: list[Any]) -> Self:
+        (seq,) = _fields(raw, 1, cls.TYPE.name.lower())
         return cls(_int(seq, "seq"))
 
 
 @dataclass(frozen=True, slots=True)
-class Nack(Message):
+class Ack(_SeqReply):
+    TYPE: ClassVar[MessageType] = MessageType.ACK
+
+
+@dataclass(frozen=True, slots=True)
+class Nack(_SeqReply):
+    """An indirect probe's helper got no ack from the target (Lifeguard)."""
+
     TYPE: ClassVar[MessageType] = MessageType.NACK
-    seq: int
-
-    def to_wire(self) -> list[Any]:
-        return [self.seq]
-
-    @classmethod
-    def from_wire(cls, raw: list[Any]) -> Nack:
-        (seq,) = _fields(raw, 1, "nack")
-        return cls(_int(seq, "seq"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,8 +195,9 @@ class Alive(Message):
 
 
 @dataclass(frozen=True, slots=True)
-class Suspect(Message):
-    TYPE: ClassVar[MessageType] = MessageType.SUSPECT
+class _Accusation(Message):
+    """`by` holds `node` at `incarnation` to be suspect, or dead."""
+
     node: str
     incarnation: int
     by: str
@@ -208,25 +206,19 @@ class Suspect(Message):
         return [self.node, self.incarnation, self.by]
 
     @classmethod
-    def from_wire(cls, raw: list[Any]) -> Suspect:
-        node, inc, by = _fields(raw, 3, "suspect")
+    def from_wire(cls, raw: list[Any]) -> Self:
+        node, inc, by = _fields(raw, 3, cls.TYPE.name.lower())
         return cls(_str(node, "node"), _int(inc, "incarnation"), _str(by, "by"))
 
 
 @dataclass(frozen=True, slots=True)
-class Dead(Message):
+class Suspect(_Accusation):
+    TYPE: ClassVar[MessageType] = MessageType.SUSPECT
+
+
+@dataclass(frozen=True, slots=True)
+class Dead(_Accusation):
     TYPE: ClassVar[MessageType] = MessageType.DEAD
-    node: str
-    incarnation: int
-    by: str
-
-    def to_wire(self) -> list[Any]:
-        return [self.node, self.incarnation, self.by]
-
-    @classmethod
-    def from_wire(cls, raw: list[Any]) -> Dead:
-        node, inc, by = _fields(raw, 3, "dead")
-        return cls(_str(node, "node"), _int(inc, "incarnation"), _str(by, "by"))
 
 
 @dataclass(frozen=True, slots=True)
