@@ -129,3 +129,24 @@ def test_graceful_leave_is_seen_as_left_not_dead(overlap):
     assert leaver.left
     for node in overlap.nodes.values():
         assert node.membership.state_of("w5").name == "LEFT"
+
+
+class _SharedView:
+    def __init__(self, names):
+        self.names = names
+
+    def network_nodes(self, network):
+        return self.names
+
+    def address(self, name):
+        return (name, 7946)
+
+
+@pytest.mark.parametrize("size", [3, 5, 40])
+def test_static_view_never_picks_ourselves(size):
+    names = [f"n{i}" for i in range(size)]
+    node = Node("n1", ("n1", 7946), local(), random.Random(5), 0.0, static=_SharedView(names))
+    for _ in range(200):
+        picked = node._random_peers_in("net", 3)
+        assert "n1" not in picked
+        assert len(picked) == min(3, size - 1)

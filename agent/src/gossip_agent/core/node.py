@@ -179,10 +179,11 @@ class Node:
         return cached
 
     def _pick(self, candidates: Sequence[str], count: int) -> list[str]:
-        if self.static is not None and len(candidates) > 4 * count:
-            # The shared list contains us; sample one extra and drop ourselves.
-            picked = [n for n in self.rng.sample(candidates, count + 1) if n != self.name]
-            return picked[:count]
+        if self.static is not None:
+            # The shared list contains us: sample one extra and drop ourselves (cheap for 10,000).
+            if len(candidates) > 4 * count:
+                return [n for n in self.rng.sample(candidates, count + 1) if n != self.name][:count]
+            candidates = [n for n in candidates if n != self.name]
         if len(candidates) <= count:
             return list(candidates)
         return self.rng.sample(candidates, count)
