@@ -13,7 +13,7 @@ drops (and counts) table events of networks it is not in.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .broadcast import BroadcastQueue
@@ -88,6 +88,7 @@ class _NetworkState:
     mismatch_rounds: int = 0
     syncing: int | None = None  # id of the stream of a sync in flight
     needs_join_sync: bool = True
+    returned: set[str] = field(default_factory=set)  # members back from the dead, not yet synced with
 
 
 class Node:
@@ -430,11 +431,12 @@ class Node:
                 if (name, network) in self.attachments:
                     self._changes.extend(state.table.withdraw_owner(name, now))
         elif change.after == State.ALIVE and change.before in GONE:
-            # A member came back (restart or healed partition): fetch its entries at once.
-            addr = self.address_of(name)
+            # A member came back (restart or healed partition): fetch its entries at once, or as
+            # soon as this network's sync slot is free (a heal brings many back together).
             for network, state in self.networks.items():
                 record = self.attachments.get((name, network))
-                if record is not None and record.attached and addr is not None:
+                if record is not None and record.attached:
+                    state.returned.add(name)
                     self._start_sync(network, state, name, now, "return")
 
     def _send_with_piggyback(self, addr: Address, msg: Message) -> None:
@@ -522,8 +524,11 @@ class Node:
             self._on_attachment(record, now)
 
     def _start_sync(self, network: str, state: _NetworkState, peer: str, now: float, why: str) -> None:
+        if state.syncing is not None:
+            return
+        state.returned.discard(peer)
         addr = self.address_of(peer)
-        if addr is None or state.syncing is not None:
+        if addr is None:
             return
         digest = state.table.sync_digest()
         state.syncing = self._open_stream("sync", addr, SyncRequest(network, digest), now, peer, network, why)
@@ -586,6 +591,8 @@ class Node:
         for network, state in self.networks.items():
             if state.needs_join_sync and state.syncing is None:
                 self._join_sync(network, state, now)
+            if state.returned and state.syncing is None:
+                self._start_sync(network, state, min(state.returned), now, "return")
             if now >= state.next_sync_at:
                 state.next_sync_at = now + self.config.bulk_sync_interval
                 peers = self._random_peers_in(network, 1)
