@@ -187,13 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "sim":
-            return run_sim(args)
+        return run_sim(args)  # the only command so far; argparse rejects any other
     except CliError as exc:
         print(f"gossip-agent: error: {exc}", file=sys.stderr)
         return 2
-    parser.error(f"unknown command {args.command}")
-    return 2
 
 
 if __name__ == "__main__":

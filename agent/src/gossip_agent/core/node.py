@@ -302,7 +302,8 @@ class Node:
         self.left = True
         encoded = [encode_message(msg)]
         peers = list(self.membership.live_peers())
-        for member in self._pick_members(peers, max(self.config.fanout, 3) * 2):
+        # Twice the fanout: a leave is said once, so it must not depend on one lost datagram.
+        for member in self._pick_members(peers, 2 * self.config.fanout):
             self._datagrams.append((member.addr, assemble_datagram(self._header, encoded)))
 
     def _pick_members(self, members: list[Member], count: int) -> list[Member]:
@@ -542,9 +543,10 @@ class Node:
         events, full = state.table.delta_for(msg.digest)
         events = [e for e in events if (e.table, e.key, e.lamport) not in received]
         addr = self.address_of(pending.peer) if pending.peer else None
-        if addr is not None and (events or full or state.table.sync_digest() != msg.digest):
+        digest = state.table.sync_digest()
+        if addr is not None and (events or full or digest != msg.digest):
             self.count("sync_entries_out", len(events))
-            push = SyncPush(msg.network, tuple(events), state.table.sync_digest(), tuple(full))
+            push = SyncPush(msg.network, tuple(events), digest, tuple(full))
             self._open_stream("sync-push", addr, push, now, pending.peer, None)
         else:
             self.count("syncs_completed")

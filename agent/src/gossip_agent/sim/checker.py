@@ -55,10 +55,8 @@ class Observer:
 
     latencies: list[float] = field(default_factory=list)
     last_change: dict[tuple[str, str], float] = field(default_factory=dict)  # (node, network) -> time
-    first_seen: dict[tuple[str, str, str, str, int], float] = field(default_factory=dict)
     resurrections: list[dict[str, Any]] = field(default_factory=list)
     _deleted_at: dict[tuple[str, EntryId], int] = field(default_factory=dict)
-    track_first_seen: bool = False
 
     def on_change(self, node: str, change: Change) -> None:
         self.last_change[(node, change.network)] = change.at
@@ -70,8 +68,6 @@ class Observer:
         event = change.after
         if event.owner != node:  # the writer's own copy has no delivery latency
             self.latencies.append(change.at - event.wall_ms / 1000)
-        if self.track_first_seen:
-            self.first_seen.setdefault((node, *entry, event.lamport), change.at)
         deleted = self._deleted_at.get((node, entry))
         if deleted is not None and event.lamport < deleted:
             self.resurrections.append(

@@ -54,7 +54,7 @@ class _Journal:
 
 
 class Simulator:
-    def __init__(self, options: SimOptions, track_first_seen: bool = False) -> None:
+    def __init__(self, options: SimOptions) -> None:
         self.options = options
         try:
             self.config = profile(options.profile).with_overrides(dict(options.overrides))
@@ -83,7 +83,7 @@ class Simulator:
         self.tick_at: dict[str, float] = {}
         self.blockers: list[Blocker] = []
         self.truth = GroundTruth()
-        self.observer = Observer(track_first_seen=track_first_seen)
+        self.observer = Observer()
         self.trace = blake2b(digest_size=16)
         self.delivered = 0
         self.dropped = {"loss": 0, "partition": 0, "crashed": 0}
@@ -91,6 +91,7 @@ class Simulator:
         self.settle_at = 0.0  # after this no more writes or faults are scheduled
         self.converged_at: float | None = None
         self.network_converged_at: dict[str, float] = {}
+        self._converged_digest: dict[str, int] = {}
         self.membership_converged_at: float | None = None
         self._fault_log: list[dict[str, Any]] = []
 
@@ -347,9 +348,12 @@ class Simulator:
                 unexpected[name] = extra
         return {"members": len(live), "expected": len(expected), "missing": missing, "unexpected": unexpected}
 
+    def _digests(self, network: str) -> set[int]:
+        return {self.nodes[n].networks[network].table.digest for n in self.members[network] if n not in self.crashed}
+
     def _network_converged(self, network: str) -> bool:
-        live = [n for n in self.members[network] if n not in self.crashed]
-        if len({self.nodes[n].networks[network].table.digest for n in live}) > 1:
+        """All live members hold identical tables (cheap digest test) that match the ground truth."""
+        if len(self._digests(network)) > 1:
             return False
         state = self.network_state(network)
         return not state["missing"] and not state["unexpected"]
@@ -372,12 +376,15 @@ class Simulator:
         if self.now < self.settle_at:
             return
         for network in self.members:
-            if network not in self.network_converged_at and self._network_converged(network):
+            if network in self.network_converged_at:
+                # Verified against the truth once; after that the digest tells whether it moved.
+                if self._digests(network) != {self._converged_digest[network]}:
+                    del self.network_converged_at[network]
+            elif self._network_converged(network):
                 live = [n for n in self.members[network] if n not in self.crashed]
                 last = max((self.observer.last_change.get((n, network), 0.0) for n in live), default=0.0)
-                self.network_converged_at[network] = max(last, 0.0)
-            elif network in self.network_converged_at and not self._network_converged(network):
-                del self.network_converged_at[network]  # it moved again; not converged for good yet
+                self.network_converged_at[network] = last
+                (self._converged_digest[network],) = self._digests(network)
         if self.membership_converged_at is None and self._membership_converged():
             self.membership_converged_at = self.now
         if len(self.network_converged_at) == len(self.members) and self.membership_converged_at is not None:
