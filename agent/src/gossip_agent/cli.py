@@ -7,9 +7,13 @@ gossip-agent sim --nodes 1000 --networks 4 --endpoints 10000 --seed 7 [--loss 0.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import math
+import os
 import sys
+import time
 from typing import Any
 
 from . import __version__
@@ -103,7 +107,227 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--json", metavar="FILE", help="write the full result as JSON to FILE")
     sim.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    add_run_parser(sub)
+    add_ctl_parser(sub)
     return parser
+
+
+# === run =========================================================================================
+
+
+def add_run_parser(sub: Any) -> None:
+    run = sub.add_parser(
+        "run",
+        help="run the agent daemon",
+        description="Run the gossip agent until SIGTERM/SIGINT, which makes it leave the cluster gracefully. "
+        "A bad configuration is reported in one line and exits 2.",
+    )
+    run.add_argument("--config", default="/etc/gossip-agent/agent.yaml", help="agent configuration (YAML)")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {"ts": record.created, "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+        )
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    from .runtime.config import ConfigError, load
+    from .runtime.crypto import KeyringError
+
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        _JsonFormatter() if config.log_format == "json" else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    )
+    logging.basicConfig(level=config.log_level.upper(), handlers=[handler])
+    try:
+        import uvloop
+
+        runner: Any = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        return int(runner(_serve(config)))
+    except KeyringError as exc:
+        raise CliError(str(exc)) from None
+    except OSError as exc:
+        raise CliError(f"cannot start: {exc.strerror or exc}") from None
+
+
+async def _serve(config: Any) -> int:
+    from .runtime.api import Api
+    from .runtime.daemon import Agent
+
+    agent = Agent(config)
+    api = Api(agent)
+    try:
+        return await agent.run(on_ready=api.start)
+    finally:
+        await api.close()
+
+
+# === ctl =========================================================================================
+
+
+def add_ctl_parser(sub: Any) -> None:
+    ctl = sub.add_parser(
+        "ctl",
+        help="talk to the local agent through its control API",
+        description="Query and drive the local agent over its unix socket.",
+    )
+    ctl.add_argument(
+        "--socket",
+        default=os.environ.get("GOSSIP_AGENT_SOCKET", "/run/gossip-agent/api.sock"),
+        help="API socket (default /run/gossip-agent/api.sock or $GOSSIP_AGENT_SOCKET)",
+    )
+    ctl.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    verbs = ctl.add_subparsers(dest="verb", required=True, metavar="VERB")
+    verbs.add_parser("health", help="is the agent up; its name, address and networks")
+    verbs.add_parser("members", help="cluster members with state and incarnation")
+    verbs.add_parser("networks", help="networks this node is in, with their members")
+    verbs.add_parser("stats", help="protocol counters and queue depths")
+    verbs.add_parser("metrics", help="the Prometheus exposition")
+    verbs.add_parser("attach", help="join a network").add_argument("network")
+    verbs.add_parser("detach", help="leave a network (own entries are deleted)").add_argument("network")
+    put = verbs.add_parser("put", help="create or update one entry")
+    for name in ("network", "table", "key", "value"):
+        put.add_argument(name)
+    delete = verbs.add_parser("delete", help="delete one entry")
+    for name in ("network", "table", "key"):
+        delete.add_argument(name)
+    dump = verbs.add_parser("dump", help="a network's table (owner, Lamport time, origin and first-seen time)")
+    dump.add_argument("network")
+    dump.add_argument("--all", action="store_true", help="include tombstones and withdrawn entries")
+    churn = verbs.add_parser("churn", help="create (or delete) many entries at a given rate, locally")
+    churn.add_argument("network")
+    churn.add_argument("--count", type=_positive_int, required=True)
+    churn.add_argument("--rate", type=float, default=0.0, help="entries per second (0: as fast as possible)")
+    churn.add_argument("--table", default="endpoints")
+    churn.add_argument("--prefix", default="ep-", help="keys are PREFIX0, PREFIX1, ...")
+    churn.add_argument("--start", type=int, default=0, help="first key number")
+    churn.add_argument("--batch", type=_positive_int, default=500, help="entries per API call")
+    churn.add_argument("--delete", action="store_true", help="delete the keys instead of creating them")
+    keys = verbs.add_parser("keys", help="keyring: list, install, use (make primary), remove")
+    keys.add_argument("action", choices=("list", "install", "use", "remove", "generate"))
+    keys.add_argument("key", nargs="?", help="base64 32-byte key")
+    fault = verbs.add_parser("fault", help="fault hook: drop/delay traffic to a peer, or clear all")
+    fault.add_argument("action", choices=("set", "clear"))
+    fault.add_argument("peer", nargs="?", help="peer address")
+    fault.add_argument("--drop", type=float, default=0.0, help="loss probability 0-1")
+    fault.add_argument("--delay-ms", type=float, default=0.0, help="added delay in ms")
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def _churn(args: argparse.Namespace, call: Any) -> dict[str, Any]:
+    started = time.monotonic()
+    done = 0
+    keys = [f"{args.prefix}{i}" for i in range(args.start, args.start + args.count)]
+    for offset in range(0, len(keys), args.batch):
+        chunk = keys[offset : offset + args.batch]
+        if args.delete:
+            call(
+                "DELETE",
+                f"/networks/{args.network}/entries",
+                {"entries": [{"table": args.table, "key": k} for k in chunk]},
+            )
+        else:
+            items = [{"table": args.table, "key": k, "value": f"{args.network}/{k}"} for k in chunk]
+            call("POST", f"/networks/{args.network}/entries", {"entries": items})
+        done += len(chunk)
+        if args.rate > 0:
+            ahead = done / args.rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+    elapsed = time.monotonic() - started
+    return {
+        "network": args.network,
+        "deleted" if args.delete else "written": done,
+        "seconds": round(elapsed, 3),
+        "rate": round(done / elapsed, 1) if elapsed > 0 else None,
+    }
+
+
+def run_ctl(args: argparse.Namespace) -> int:
+    from .runtime.client import ApiFailure, ApiUnavailable
+    from .runtime.client import call as api_call
+    from .runtime.crypto import new_key
+
+    def call(method: str, path: str, body: Any = None) -> Any:
+        return api_call(args.socket, method, path, body)
+
+    verb = args.verb
+    try:
+        if verb == "keys" and args.action == "generate":
+            print(new_key())
+            return 0
+        if verb in ("health", "members", "networks", "stats"):
+            result = call("GET", f"/{verb}")
+        elif verb == "metrics":
+            print(call("GET", "/metrics"), end="")
+            return 0
+        elif verb == "attach":
+            result = call("POST", "/networks", {"network": args.network})
+        elif verb == "detach":
+            result = call("DELETE", f"/networks/{args.network}")
+        elif verb == "put":
+            entry = {"table": args.table, "key": args.key, "value": args.value}
+            result = call("POST", f"/networks/{args.network}/entries", {"entries": [entry]})
+        elif verb == "delete":
+            result = call(
+                "DELETE", f"/networks/{args.network}/entries", {"entries": [{"table": args.table, "key": args.key}]}
+            )
+        elif verb == "dump":
+            result = call("GET", f"/networks/{args.network}/entries" + ("?all=1" if args.all else ""))
+        elif verb == "churn":
+            result = _churn(args, call)
+        elif verb == "keys":
+            if args.action == "list":
+                result = call("GET", "/keys")
+            elif not args.key:
+                raise CliError(f"ctl keys {args.action} needs a KEY (make one with: gossip-agent ctl keys generate)")
+            else:
+                method = {"install": "POST", "use": "PUT", "remove": "DELETE"}[args.action]
+                result = call(method, "/keys", {"key": args.key})
+        else:  # fault
+            if args.action == "clear":
+                result = call("DELETE", "/faults")
+            elif not args.peer:
+                raise CliError("ctl fault set needs a PEER address")
+            else:
+                result = call("PUT", "/faults", {"peer": args.peer, "drop": args.drop, "delay_ms": args.delay_ms})
+    except ApiUnavailable as exc:
+        raise CliError(str(exc)) from None
+    except ApiFailure as exc:
+        raise CliError(f"the agent refused: {exc}") from None
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif verb == "members":
+        for row in result:
+            row["networks"] = ",".join(row["networks"])
+        print(_table(result, ["name", "address", "state", "incarnation", "networks"]))
+    elif verb == "networks":
+        for row in result:
+            row["members"] = ",".join(row["members"])
+        print(_table(result, ["network", "entries", "queue", "members"]))
+    elif verb == "dump":
+        print(_table(result["entries"], ["table", "key", "owner", "lamport", "value"]))
+    else:
+        print("\n".join(f"{k}: {v}" for k, v in result.items()) if isinstance(result, dict) else result)
+    return 0
 
 
 def sim_options(args: argparse.Namespace) -> SimOptions:
@@ -187,7 +411,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return run_sim(args)  # the only command so far; argparse rejects any other
+        if args.command == "run":
+            return run_agent(args)
+        if args.command == "ctl":
+            return run_ctl(args)
+        return run_sim(args)
     except CliError as exc:
         print(f"gossip-agent: error: {exc}", file=sys.stderr)
         return 2

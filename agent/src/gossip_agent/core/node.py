@@ -147,7 +147,7 @@ class Node:
         out, self._changes = self._changes, []
         return out
 
-    def _network(self, network: str) -> _NetworkState:
+    def require_network(self, network: str) -> _NetworkState:
         state = self.networks.get(network)
         if state is None:
             raise LocalProtocolError(f"node {self.name} is not attached to network {network!r}")
@@ -223,17 +223,19 @@ class Node:
 
     # === API =======================================================================================
 
-    def restore(self, own: Iterable[TableEvent], now: float, wall_ms: int) -> None:
+    def restore(self, own: Iterable[TableEvent], now: float, wall_ms: int) -> list[TableEvent]:
         """Re-announce entries this node owned before a restart, with fresh Lamport times.
 
         Deletes are restored too: peers may still hold the live version of an entry we deleted
         just before the crash, and only a newer tombstone removes it.
         """
+        written = []
         for event in sorted(own, key=lambda e: e.lamport):
             self.clock.witness(event.lamport)
             if event.network not in self.networks:
                 self.attach(event.network, now)
-            self._write(event.network, event.table, event.key, event.value, event.deleted, now, wall_ms)
+            written.append(self._write(event.network, event.table, event.key, event.value, event.deleted, now, wall_ms))
+        return written
 
     def attach(self, network: str, now: float) -> None:
         if network in self.networks:
@@ -248,7 +250,7 @@ class Node:
         self._join_sync(network, state, now)
 
     def detach(self, network: str, now: float, wall_ms: int) -> None:
-        state = self._network(network)
+        state = self.require_network(network)
         for entry in list(state.table.visible()):
             if entry.event.owner == self.name:
                 self._write(network, entry.event.table, entry.event.key, b"", True, now, wall_ms)
@@ -264,11 +266,11 @@ class Node:
 
     def write(self, network: str, table: str, key: str, value: bytes, now: float, wall_ms: int) -> TableEvent:
         """Create or update an entry this node owns."""
-        self._network(network)
+        self.require_network(network)
         return self._write(network, table, key, value, False, now, wall_ms)
 
     def delete(self, network: str, table: str, key: str, now: float, wall_ms: int) -> TableEvent:
-        state = self._network(network)
+        state = self.require_network(network)
         entry = state.table.get(table, key)
         if entry is None or not entry.visible:
             raise LocalProtocolError(f"no entry {table}/{key} in network {network!r}")

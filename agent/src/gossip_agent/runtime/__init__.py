@@ -1,0 +1,1 @@
+"""Real I/O around the protocol core: transport, daemon, control API, journal, keyring."""

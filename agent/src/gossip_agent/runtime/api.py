@@ -1,0 +1,347 @@
+"""Local control API: HTTP/1.1 + JSON on a unix socket (mode 0600), and Prometheus /metrics.
+
+One request per connection. Every malformed or invalid request gets a 4xx with a JSON body
+`{"error": "..."}` that says what is wrong; nothing a client sends takes the agent down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from ..core.errors import LocalProtocolError
+from ..core.membership import State
+from ..core.wire import MAX_KEY, MAX_NAME, MAX_VALUE
+from .crypto import KeyringError, decode_key
+from .daemon import Agent
+
+log = logging.getLogger("gossip_agent.api")
+MAX_BODY = 64 * 1024 * 1024
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+           413: "Payload Too Large", 500: "Internal Server Error"}  # fmt: skip
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _require(body: Any, name: str, kind: type, where: str = "body") -> Any:
+    if not isinstance(body, dict) or name not in body:
+        raise ApiError(400, f"{where}: missing field {name!r}")
+    value = body[name]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ApiError(400, f"{where}.{name}: expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _name(value: Any, what: str, limit: int = MAX_NAME) -> str:
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise ApiError(400, f"{what}: expected a non-empty string of at most {limit} characters")
+    return value
+
+
+class NodeCollector(Collector):
+    """Reads the node at scrape time: nothing is kept twice."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def collect(self) -> Any:
+        node = self.agent.node
+        members = GaugeMetricFamily("gossip_members", "Cluster members by state", labels=["state"])
+        counts = {s: 0 for s in State}
+        for member in node.membership.members.values():
+            counts[member.state] += 1
+        for state, n in counts.items():
+            members.add_metric([state.name.lower()], n)
+        yield members
+        entries = GaugeMetricFamily("gossip_entries", "Visible entries per network", labels=["network"])
+        queue = GaugeMetricFamily("gossip_queue_depth", "Events waiting to be gossiped", labels=["scope"])
+        queue.add_metric(["cluster"], len(node.cluster_queue))
+        for name, state in node.networks.items():
+            entries.add_metric([name], sum(1 for _ in state.table.visible()))
+            queue.add_metric([name], len(state.queue))
+        yield entries
+        yield queue
+        events = CounterMetricFamily("gossip_events", "Table events received", labels=["outcome"])
+        dropped = CounterMetricFamily("gossip_dropped", "Inputs dropped", labels=["reason"])
+        other = CounterMetricFamily("gossip_protocol", "Other protocol counters", labels=["counter"])
+        for key, value in sorted(node.stats.items()):
+            if key.startswith("events_"):
+                events.add_metric([key[7:]], value)
+            elif key.startswith("dropped_"):
+                dropped.add_metric([key[8:]], value)
+            else:
+                other.add_metric([key], value)
+        yield events
+        yield dropped
+        yield other
+
+
+class Api:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.registry = CollectorRegistry()
+        self.registry.register(NodeCollector(agent))
+        self._servers: list[asyncio.Server] = []
+        self.routes: dict[tuple[str, str], Callable[..., Any]] = {
+            ("GET", "health"): self.health,
+            ("GET", "members"): self.members,
+            ("GET", "networks"): self.networks,
+            ("POST", "networks"): self.attach,
+            ("DELETE", "network"): self.detach,
+            ("GET", "entries"): self.dump,
+            ("POST", "entries"): self.put_entries,
+            ("DELETE", "entries"): self.delete_entries,
+            ("GET", "stats"): self.stats,
+            ("GET", "keys"): self.keys,
+            ("POST", "keys"): self.install_key,
+            ("PUT", "keys"): self.use_key,
+            ("DELETE", "keys"): self.remove_key,
+            ("PUT", "faults"): self.set_fault,
+            ("DELETE", "faults"): self.clear_faults,
+        }
+
+    async def start(self) -> None:
+        path = self.agent.config.api_socket
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            path.unlink()  # a stale socket of a crashed agent
+        old = os.umask(0o177)
+        try:
+            self._servers.append(await asyncio.start_unix_server(self._handle, str(path)))
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        if self.agent.config.metrics_addr is not None:
+            host, port = self.agent.config.metrics_addr
+            self._servers.append(await asyncio.start_server(self._handle_metrics_only, host, port))
+
+    async def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        self.agent.config.api_socket.unlink(missing_ok=True)
+
+    # --- HTTP -------------------------------------------------------------------------------------
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
+        line = await reader.readline()
+        parts = line.decode("latin-1").split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            raise ApiError(400, "malformed request line")
+        length = 0
+        while True:
+            header = await reader.readline()
+            if header in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = header.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                if not value.strip().isdigit():
+                    raise ApiError(400, "malformed Content-Length")
+                length = int(value)
+        if length > MAX_BODY:
+            raise ApiError(413, f"body of {length} bytes exceeds {MAX_BODY}")
+        return parts[0].upper(), parts[1], await reader.readexactly(length)
+
+    async def _respond(self, writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str) -> None:
+        head = (
+            f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        writer.write(head.encode() + body)
+        try:
+            await writer.drain()
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            method, target, raw = await asyncio.wait_for(self._read_request(reader), 30)
+            status, body, ctype = self.dispatch(method, target, raw)
+        except ApiError as exc:
+            status, body, ctype = exc.status, json.dumps({"error": str(exc)}).encode(), "application/json"
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        await self._respond(writer, status, body, ctype)
+
+    async def _handle_metrics_only(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            method, target, _ = await asyncio.wait_for(self._read_request(reader), 30)
+        except (ApiError, TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        if method == "GET" and urlsplit(target).path == "/metrics":
+            await self._respond(writer, 200, generate_latest(self.registry), "text/plain; version=0.0.4")
+        else:
+            await self._respond(writer, 404, b'{"error": "only GET /metrics here"}', "application/json")
+
+    def dispatch(self, method: str, target: str, raw: bytes) -> tuple[int, bytes, str]:
+        url = urlsplit(target)
+        parts = [p for p in url.path.split("/") if p]
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        if parts == ["metrics"] and method == "GET":
+            return 200, generate_latest(self.registry), "text/plain; version=0.0.4"
+        # /networks/<id>/entries -> "entries" with network=<id>; /networks/<id> -> "network"
+        args: dict[str, Any] = {}
+        if len(parts) == 3 and parts[0] == "networks" and parts[2] == "entries":
+            resource, args["network"] = "entries", parts[1]
+        elif len(parts) == 2 and parts[0] == "networks":
+            resource, args["network"] = "network", parts[1]
+        elif len(parts) == 1:
+            resource = parts[0]
+        else:
+            raise ApiError(404, f"no such resource {url.path}")
+        handler = self.routes.get((method, resource))
+        if handler is None:
+            if any(r == resource for _, r in self.routes):
+                raise ApiError(405, f"{method} not allowed on {url.path}")
+            raise ApiError(404, f"no such resource {url.path}")
+        body: Any = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                raise ApiError(400, "body is not valid JSON") from None
+        try:
+            result = handler(body=body, query=query, **args)
+        except LocalProtocolError as exc:
+            raise ApiError(409 if "not attached" not in str(exc) else 404, str(exc)) from None
+        except KeyringError as exc:
+            raise ApiError(400, str(exc)) from None
+        return 200, json.dumps(result).encode(), "application/json"
+
+    # --- resources ----------------------------------------------------------------------------------
+
+    def health(self, **_: Any) -> dict[str, Any]:
+        node = self.agent.node
+        return {
+            "status": "ready",
+            "node": node.name,
+            "address": f"{node.addr[0]}:{node.addr[1]}",
+            "members_alive": node.membership.alive_count,
+            "networks": sorted(node.networks),
+            "pid": os.getpid(),
+        }
+
+    def members(self, **_: Any) -> list[dict[str, Any]]:
+        node = self.agent.node
+        return [
+            {"name": m.name, "address": f"{m.addr[0]}:{m.addr[1]}", "state": m.state.name.lower(),
+             "incarnation": m.incarnation,
+             "networks": sorted(n for (owner, n), r in node.attachments.items() if owner == m.name and r.attached)}
+            for m in sorted(node.membership.members.values(), key=lambda m: m.name)
+        ]  # fmt: skip
+
+    def networks(self, **_: Any) -> list[dict[str, Any]]:
+        node = self.agent.node
+        return [
+            {"network": name, "members": sorted([node.name, *node.peers_in(name)]),
+             "entries": sum(1 for _ in state.table.visible()), "queue": len(state.queue)}
+            for name, state in sorted(node.networks.items())
+        ]  # fmt: skip
+
+    def attach(self, body: Any, **_: Any) -> dict[str, Any]:
+        network = _name(_require(body, "network", str), "network")
+        self.agent.attach(network)
+        return {"attached": network}
+
+    def detach(self, network: str, **_: Any) -> dict[str, Any]:
+        self.agent.detach(network)
+        return {"detached": network}
+
+    def dump(self, network: str, query: dict[str, str], **_: Any) -> dict[str, Any]:
+        state = self.agent.node.require_network(network)
+        everything = query.get("all") in ("1", "true")
+        entries = [
+            {"table": e.event.table, "key": e.event.key, "value": e.event.value.decode("utf-8", "replace"),
+             "owner": e.event.owner, "lamport": e.event.lamport, "origin_wall_ms": e.event.wall_ms,
+             "seen_wall_ms": self.agent.to_wall_ms(e.seen_at), "deleted": e.event.deleted,
+             "withdrawn": e.withdrawn}
+            for e in state.table.entries.values()
+            if everything or e.visible
+        ]  # fmt: skip
+        return {"network": network, "node": self.agent.node.name, "entries": entries}
+
+    def _items(self, body: Any, with_value: bool) -> list[tuple[str, ...]]:
+        items = _require(body, "entries", list)
+        if not items:
+            raise ApiError(400, "body.entries: empty list")
+        result = []
+        for i, item in enumerate(items):
+            where = f"body.entries[{i}]"
+            table = _name(_require(item, "table", str, where), f"{where}.table")
+            key = _name(_require(item, "key", str, where), f"{where}.key", MAX_KEY)
+            if with_value:
+                value = _require(item, "value", str, where).encode()
+                if len(value) > MAX_VALUE:
+                    raise ApiError(400, f"{where}.value: {len(value)} bytes exceed {MAX_VALUE}")
+                result.append((table, key, value))
+            else:
+                result.append((table, key))
+        return result
+
+    def put_entries(self, network: str, body: Any, **_: Any) -> dict[str, Any]:
+        items = self._items(body, with_value=True)
+        return {"written": self.agent.write(network, items)}  # type: ignore[arg-type]
+
+    def delete_entries(self, network: str, body: Any, **_: Any) -> dict[str, Any]:
+        items = self._items(body, with_value=False)
+        return {"deleted": self.agent.delete(network, items)}  # type: ignore[arg-type]
+
+    def stats(self, **_: Any) -> dict[str, Any]:
+        node = self.agent.node
+        return {
+            "node": node.name,
+            "lamport": node.clock.time,
+            "incarnation": node.membership.incarnation,
+            "counters": dict(sorted(node.stats.items())),
+            "queues": {"cluster": len(node.cluster_queue), **{n: len(s.queue) for n, s in node.networks.items()}},
+        }
+
+    def _keyring(self) -> Any:
+        if self.agent.keyring is None:
+            raise ApiError(409, "this agent runs without a keyring (set keyring_file)")
+        return self.agent.keyring
+
+    def keys(self, **_: Any) -> dict[str, Any]:
+        fingerprints = self._keyring().fingerprints()
+        return {"primary": fingerprints[0], "keys": fingerprints}
+
+    def install_key(self, body: Any, **_: Any) -> dict[str, Any]:
+        self._keyring().install(decode_key(_require(body, "key", str)))
+        return self.keys()
+
+    def use_key(self, body: Any, **_: Any) -> dict[str, Any]:
+        self._keyring().use(decode_key(_require(body, "key", str)))
+        return self.keys()
+
+    def remove_key(self, body: Any, **_: Any) -> dict[str, Any]:
+        self._keyring().remove(decode_key(_require(body, "key", str)))
+        return self.keys()
+
+    def set_fault(self, body: Any, **_: Any) -> dict[str, Any]:
+        peer = _name(_require(body, "peer", str), "body.peer")
+        drop = body.get("drop", 0.0)
+        delay_ms = body.get("delay_ms", 0)
+        if isinstance(drop, bool) or not isinstance(drop, int | float) or not 0 <= drop <= 1:
+            raise ApiError(400, "body.drop: expected a probability between 0 and 1")
+        if isinstance(delay_ms, bool) or not isinstance(delay_ms, int | float) or not 0 <= delay_ms <= 60_000:
+            raise ApiError(400, "body.delay_ms: expected milliseconds between 0 and 60000")
+        self.agent.set_fault(peer, float(drop), delay_ms / 1000)
+        return {"peer": peer, "drop": drop, "delay_ms": delay_ms}
+
+    def clear_faults(self, **_: Any) -> dict[str, Any]:
+        self.agent.clear_faults()
+        return {"faults": "cleared"}

@@ -1,0 +1,216 @@
+"""Runs one Node for real: sockets, timers, the journal, signals and a graceful leave.
+
+The node is a pure state machine; `_pump` moves what it produced onto the wire and re-arms the one
+timer at the node's next deadline. Every input path (datagram, stream, API call, timer) ends in a
+pump, so nothing the node wants sent waits for the next tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from ..core.errors import LocalProtocolError
+from ..core.membership import State
+from ..core.node import Node, StreamRequest
+from ..core.table import Change
+from .config import AgentConfig
+from .crypto import Keyring
+from .store import Journal
+from .transport import Fault, Transport
+
+log = logging.getLogger("gossip_agent")
+
+
+class Agent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.keyring = Keyring.load(config.keyring_file) if config.keyring_file else None
+        self.journal = Journal(config.state_dir / "journal.db", config.node_name)
+        self.loop = asyncio.get_running_loop()
+        # The core keeps time on the monotonic loop clock; walls are for people and latency only.
+        self.node = Node(
+            config.node_name,
+            (config.advertise_addr, config.port),
+            config.protocol,
+            random.Random(),
+            self.loop.time(),
+            lamport=self.journal.meta("lamport"),
+            incarnation=self.journal.meta("incarnation"),
+        )
+        self.transport = Transport(
+            config.bind_addr,
+            config.port,
+            self.keyring,
+            self._on_datagram,
+            self._on_stream,
+            self.node.count,
+            config.protocol.max_frame_bytes,
+            config.protocol.stream_timeout,
+        )
+        self._timer: asyncio.TimerHandle | None = None
+        self._saved_incarnation = self.node.membership.incarnation
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.stopping = asyncio.Event()
+        self.started_wall = time.time()
+
+    # --- clocks ---------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self.loop.time()
+
+    @staticmethod
+    def wall_ms() -> int:
+        return int(time.time() * 1000)
+
+    def to_wall_ms(self, loop_time: float) -> int:
+        return int((time.time() - (self.loop.time() - loop_time)) * 1000)
+
+    # --- driving the node -------------------------------------------------------------------------
+
+    def _on_datagram(self, addr: tuple[str, int], data: bytes) -> None:
+        self.node.handle_datagram(addr, data, self.now())
+        self._pump()
+
+    def _on_stream(self, frame: bytes) -> bytes:
+        reply = self.node.handle_stream(frame, self.now())
+        self._pump()
+        return reply
+
+    def _tick(self) -> None:
+        self._timer = None
+        self.node.tick(self.now())
+        self._pump()
+
+    def _pump(self) -> None:
+        node = self.node
+        for addr, data in node.take_datagrams():
+            self.transport.send(addr, data)
+        for request in node.take_streams():
+            self._spawn(self._stream(request))
+        for change in node.take_changes():
+            if not isinstance(change, Change) and change.after == State.SUSPECT:
+                node.count("member_suspected")
+        if node.membership.incarnation != self._saved_incarnation:
+            self._saved_incarnation = node.membership.incarnation
+            self.journal.set_meta("incarnation", self._saved_incarnation)
+        if not self.stopping.is_set():
+            deadline = node.next_deadline()
+            if self._timer is None or self._timer.when() > deadline + 0.001:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = self.loop.call_at(max(deadline, self.now()), self._tick)
+
+    async def _stream(self, request: StreamRequest) -> None:
+        reply = await self.transport.request(request.addr, request.frame)
+        self.node.on_stream_reply(request.id, reply, self.now())
+        self._pump()
+
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- API operations (called by api.py) -----------------------------------------------------------
+
+    def attach(self, network: str) -> None:
+        self.node.attach(network, self.now())
+        self._pump()
+
+    def detach(self, network: str) -> None:
+        self.node.detach(network, self.now(), self.wall_ms())
+        self.journal.forget_network(network)
+        self._pump()
+
+    def write(self, network: str, items: Iterable[tuple[str, str, bytes]]) -> int:
+        """Create or update a batch of own entries; all or nothing is validated before writing."""
+        self.node.require_network(network)  # raises LocalProtocolError when not attached
+        now, wall = self.now(), self.wall_ms()
+        events = [self.node.write(network, table, key, value, now, wall) for table, key, value in items]
+        self.journal.record(events)
+        self._pump()
+        return len(events)
+
+    def delete(self, network: str, items: Iterable[tuple[str, str]]) -> int:
+        state = self.node.require_network(network)
+        keys = list(items)
+        missing = [f"{t}/{k}" for t, k in keys if (e := state.table.get(t, k)) is None or not e.visible]
+        if missing:
+            raise LocalProtocolError(f"no entry {missing[0]} in network {network!r} ({len(missing)} missing)")
+        now, wall = self.now(), self.wall_ms()
+        events = [self.node.delete(network, table, key, now, wall) for table, key in keys]
+        self.journal.record(events)
+        self._pump()
+        return len(events)
+
+    def set_fault(self, peer: str, drop: float, delay: float) -> None:
+        self.transport.faults[peer] = Fault(drop, delay)
+
+    def clear_faults(self) -> None:
+        self.transport.faults.clear()
+
+    # --- life cycle -----------------------------------------------------------------------------
+
+    async def _join(self) -> None:
+        """Keep trying the seeds, with backoff, until one answers."""
+        seeds = [s for s in self.config.seeds if s != (self.config.advertise_addr, self.config.port)]
+        delay = 0.5
+        attempt = 0
+        while seeds and not self.stopping.is_set():
+            attempt += 1
+            log.info("join attempt %d via %s", attempt, ", ".join(f"{h}:{p}" for h, p in seeds))
+            self.node.join(seeds, self.now())
+            self._pump()
+            try:
+                await asyncio.wait_for(self.stopping.wait(), delay)
+            except TimeoutError:
+                pass
+            if self.node.stats.get("joined", 0):
+                log.info("joined the cluster (%d members alive)", self.node.membership.alive_count)
+                return
+            delay = min(delay * 2, 30.0)
+
+    async def run(self, on_ready: Any = None) -> int:
+        await self.transport.start()
+        for network in self.config.networks:
+            self.node.attach(network.id, self.now())
+        own = self.journal.load(self.wall_ms(), self.config.protocol.tombstone_ttl)
+        if own:
+            self.journal.record(self.node.restore(own, self.now(), self.wall_ms()))
+            log.info("restored %d own entries from the journal", len(own))
+        self._pump()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.stopping.set)
+        if on_ready is not None:
+            await on_ready()
+        log.info(
+            "agent %s listening on %s:%d (pid %d)",
+            self.config.node_name,
+            self.config.bind_addr,
+            self.config.port,
+            os.getpid(),
+        )
+        self._spawn(self._join())
+        await self.stopping.wait()
+        await self.leave()
+        return 0
+
+    async def leave(self) -> None:
+        """Graceful leave: the Leave goes out (directly and gossiped) before the sockets close."""
+        log.info("leaving the cluster")
+        self.node.leave(self.now())
+        for addr, data in self.node.take_datagrams():
+            self.transport.send(addr, data)
+        if self._timer is not None:
+            self._timer.cancel()
+        await asyncio.sleep(0.05)
+        for task in list(self._tasks):
+            task.cancel()
+        await self.transport.close()
+        self.journal.close()

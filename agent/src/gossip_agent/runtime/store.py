@@ -1,0 +1,71 @@
+"""Sqlite journal (WAL) of the entries this host owns, its Lamport time and incarnation.
+
+Everything else is soft state rebuilt from peers. Deletes are kept as tombstones until the
+tombstone TTL: after a crash they are re-announced too, so a peer that missed the delete cannot
+keep the entry alive.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..core.wire import TableEvent
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    network TEXT NOT NULL, tbl TEXT NOT NULL, key TEXT NOT NULL,
+    value BLOB NOT NULL, lamport INTEGER NOT NULL, wall_ms INTEGER NOT NULL, deleted INTEGER NOT NULL,
+    PRIMARY KEY (network, tbl, key)
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class Journal:
+    def __init__(self, path: Path, owner: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.owner = owner
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process crash
+        self.db.executescript(SCHEMA)
+
+    def record(self, events: Iterable[TableEvent]) -> None:
+        """Journal own writes (one transaction for a whole batch)."""
+        rows = [(e.network, e.table, e.key, e.value, e.lamport, e.wall_ms, int(e.deleted)) for e in events]
+        if not rows:
+            return
+        self.db.execute("BEGIN")
+        self.db.executemany(
+            "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (network, tbl, key) DO UPDATE SET "
+            "value=excluded.value, lamport=excluded.lamport, wall_ms=excluded.wall_ms, deleted=excluded.deleted",
+            rows,
+        )
+        self.db.execute(
+            "INSERT INTO meta VALUES ('lamport', ?) ON CONFLICT (name) DO UPDATE SET value=max(value, excluded.value)",
+            (max(r[4] for r in rows),),
+        )
+        self.db.execute("COMMIT")
+
+    def forget_network(self, network: str) -> None:
+        self.db.execute("DELETE FROM entries WHERE network = ?", (network,))
+
+    def set_meta(self, name: str, value: int) -> None:
+        self.db.execute(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value=excluded.value", (name, value)
+        )
+
+    def meta(self, name: str) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def load(self, now_ms: int, tombstone_ttl: float) -> list[TableEvent]:
+        """Own entries to re-announce; tombstones older than the TTL are dropped first."""
+        self.db.execute("DELETE FROM entries WHERE deleted = 1 AND wall_ms < ?", (now_ms - int(tombstone_ttl * 1000),))
+        rows = self.db.execute("SELECT network, tbl, key, value, lamport, wall_ms, deleted FROM entries").fetchall()
+        return [TableEvent(n, t, k, bytes(v), self.owner, lam, wall, bool(d)) for n, t, k, v, lam, wall, d in rows]
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,160 @@
+"""UDP gossip and TCP streams around a node, with the keyring and the fault hook.
+
+A stream carries one request frame and one reply frame, each prefixed by its 4-byte big-endian
+length, then closes. Frames over the limit, slow peers and garbage are cut off and counted;
+nothing a peer sends raises out of here.
+
+The fault hook stands in for netem, which this kernel lacks: per peer address, outgoing datagrams
+and streams can be dropped with a probability and delayed by a fixed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .crypto import AuthError, Keyring
+
+log = logging.getLogger("gossip_agent.transport")
+LENGTH = struct.Struct(">I")
+
+
+@dataclass(slots=True)
+class Fault:
+    drop: float = 0.0  # probability an outgoing datagram or stream to this peer is lost
+    delay: float = 0.0  # seconds added before it leaves
+
+
+class Transport(asyncio.DatagramProtocol):
+    def __init__(
+        self,
+        bind: str,
+        port: int,
+        keyring: Keyring | None,
+        on_datagram: Callable[[tuple[str, int], bytes], None],
+        on_stream: Callable[[bytes], bytes],
+        count: Callable[[str], None],
+        max_frame: int,
+        stream_timeout: float,
+        max_streams: int = 64,
+    ) -> None:
+        self.bind, self.port = bind, port
+        self.keyring = keyring
+        self.on_datagram, self.on_stream, self.count = on_datagram, on_stream, count
+        self.max_frame = max_frame
+        self.stream_timeout = stream_timeout
+        self._inbound = asyncio.Semaphore(max_streams)
+        self._outbound = asyncio.Semaphore(max_streams)
+        self.faults: dict[str, Fault] = {}
+        self._rng = random.Random()
+        self._udp: asyncio.DatagramTransport | None = None
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._udp, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.bind, self.port))
+        self._server = await asyncio.start_server(self._serve, self.bind, self.port, reuse_address=True)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        if self._udp is not None:
+            self._udp.close()
+
+    # --- datagrams ------------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        if self.keyring is not None:
+            try:
+                data = self.keyring.open(data)
+            except AuthError:
+                self.count("dropped_auth_failed")
+                return
+        self.on_datagram((addr[0], addr[1]), data)
+
+    def error_received(self, exc: Exception) -> None:
+        self.count("udp_errors")
+
+    def send(self, addr: tuple[str, int], data: bytes) -> None:
+        if self._udp is None or self._udp.is_closing():
+            return
+        if self.keyring is not None:
+            data = self.keyring.seal(data)
+        fault = self.faults.get(addr[0])
+        if fault is not None:
+            if fault.drop and self._rng.random() < fault.drop:
+                self.count("dropped_fault")
+                return
+            if fault.delay:
+                asyncio.get_running_loop().call_later(fault.delay, self._send_now, addr, data)
+                return
+        self._send_now(addr, data)
+
+    def _send_now(self, addr: tuple[str, int], data: bytes) -> None:
+        if self._udp is not None and not self._udp.is_closing():
+            self._udp.sendto(data, addr)
+
+    # --- streams --------------------------------------------------------------------------------
+
+    async def _read_frame(self, reader: asyncio.StreamReader) -> bytes:
+        (length,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
+        limit = self.max_frame + (64 if self.keyring else 0)
+        if length > limit:
+            raise ValueError(f"frame of {length} bytes exceeds {limit}")
+        data = await reader.readexactly(length)
+        return self.keyring.open(data) if self.keyring is not None else data
+
+    def _frame(self, data: bytes) -> bytes:
+        if self.keyring is not None:
+            data = self.keyring.seal(data)
+        return LENGTH.pack(len(data)) + data
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._inbound.locked():
+            self.count("streams_rejected_busy")
+            writer.close()
+            return
+        async with self._inbound:
+            try:
+                request = await asyncio.wait_for(self._read_frame(reader), self.stream_timeout)
+                reply = self.on_stream(request)
+                if reply:
+                    writer.write(self._frame(reply))
+                    await asyncio.wait_for(writer.drain(), self.stream_timeout)
+            except AuthError:
+                self.count("dropped_auth_failed")
+            except (asyncio.IncompleteReadError, TimeoutError, ValueError, ConnectionError, OSError):
+                self.count("dropped_stream_transport")
+            finally:
+                writer.close()
+
+    async def request(self, addr: tuple[str, int], frame: bytes) -> bytes | None:
+        """Send one frame to a peer and return its reply frame, or None on any failure."""
+        fault = self.faults.get(addr[0])
+        if fault is not None:
+            if fault.drop and self._rng.random() < fault.drop:
+                self.count("dropped_fault")
+                return None
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+        async with self._outbound:
+            writer = None
+            try:
+                async with asyncio.timeout(self.stream_timeout):
+                    reader, writer = await asyncio.open_connection(addr[0], addr[1])
+                    writer.write(self._frame(frame))
+                    await writer.drain()
+                    return await self._read_frame(reader)
+            except AuthError:
+                self.count("dropped_auth_failed")
+            except (asyncio.IncompleteReadError, TimeoutError, ValueError, ConnectionError, OSError) as exc:
+                log.debug("stream to %s:%s failed: %s", addr[0], addr[1], exc)
+            finally:
+                if writer is not None:
+                    writer.close()
+        return None

@@ -1,0 +1,152 @@
+"""Real agent processes on 127.0.x.y: membership, scoped convergence, crash, leave, garbage, keys."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import struct
+
+import pytest
+
+from gossip_agent.core import wire
+
+from .agents import Cluster, wait_for
+
+pytestmark = pytest.mark.daemon
+
+# Networks with overlapping membership: a01-a08 in red, a07-a14 in green, a13-a20 and a01 in blue.
+NETWORKS = {"red": range(1, 9), "green": range(7, 15), "blue": [1, *range(13, 21)]}
+
+
+def networks_of(i: int) -> list[str]:
+    return [name for name, members in NETWORKS.items() if i in members]
+
+
+@pytest.fixture
+def cluster(tmp_path, request):
+    block = 100 + (os.getpid() + hash(request.node.name)) % 100  # separate addresses per test
+    c = Cluster(tmp_path, block)
+    yield c
+    c.stop()
+
+
+def test_twenty_agents_scoped_convergence(cluster):
+    cluster.start(20, networks_of)
+    names = set(cluster.agents)
+    wait_for(lambda: cluster.alive_everywhere(names), 30, "all 20 agents to see all 20 alive")
+    writers = {"red": "a02", "green": "a10", "blue": "a16"}
+    for network, writer in writers.items():
+        result = cluster.agents[writer].ctl("churn", network, "--count", "667", "--prefix", f"{network}-")
+        assert result.returncode == 0, result.stderr
+    expected = {n: {f"{n}-{i}" for i in range(667)} for n in NETWORKS}
+    for network, members in NETWORKS.items():
+        for i in members:
+            agent = cluster.agents[f"a{i:02d}"]
+            wait_for(lambda a=agent, n=network: a.keys(n) == expected[n], 30, f"{agent.name} to hold all of {network}")
+    for name, agent in cluster.agents.items():
+        mine = set(networks_of(int(name[1:])))
+        assert {n["network"] for n in agent.api("GET", "/networks")} == mine
+        for network in set(NETWORKS) - mine:
+            with pytest.raises(Exception, match="not attached"):
+                agent.api("GET", f"/networks/{network}/entries")
+        assert agent.api("GET", "/stats")["counters"].get("dropped_out_of_scope", 0) == 0, name
+
+
+def test_crash_restart_and_graceful_leave(cluster):
+    cluster.start(5, lambda i: ["net"])
+    agents = cluster.agents
+    names = set(agents)
+    wait_for(lambda: cluster.alive_everywhere(names), 30, "5 agents alive everywhere")
+    victim = agents["a04"]
+    victim.api("POST", "/networks/net/entries", {"entries": [{"table": "ep", "key": k, "value": k} for k in "abc"]})
+    victim.api("DELETE", "/networks/net/entries", {"entries": [{"table": "ep", "key": "a"}]})
+    wait_for(lambda: agents["a01"].keys("net") == {"b", "c"}, 10, "a04's entries at a01")
+    victim.signal(signal.SIGKILL)
+    victim.wait()
+    others = [a for n, a in agents.items() if n != "a04"]
+    for agent in others:  # local profile: suspicion bound ~3 x 0.5 s x log10(6) x 3, well under 15 s
+        wait_for(lambda a=agent: a.keys("net") == set(), 15, f"{agent.name} to withdraw a04's entries")
+    victim.start()
+    for agent in others:
+        # Back from the journal; the delete made before the crash is not resurrected.
+        wait_for(lambda a=agent: a.keys("net") == {"b", "c"}, 15, f"{agent.name} to see a04's entries again")
+    leaver = agents["a05"]
+    leaver.signal(signal.SIGTERM)
+    assert leaver.wait() == 0
+    for agent in others[:3]:
+        wait_for(lambda a=agent: a.states().get("a05") == "left", 10, f"{agent.name} to see a05 as left")
+
+
+def test_garbage_datagrams_and_streams_are_counted_not_fatal(cluster):
+    cluster.start(2, lambda i: ["net"])
+    target = cluster.agents["a01"]
+    addr = (target.address, 7946)
+    rng = random.Random(20261129)
+    print("garbage seed 20261129")
+    valid = wire.encode_datagram("a02", [wire.TableEvent("net", "t", "k", b"v", "a02", 5, 0, False)])
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(100_000):
+        if i % 2:
+            data = rng.randbytes(rng.randint(0, 300))
+        else:
+            data = bytearray(valid)
+            for _ in range(rng.randint(1, 4)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            data = bytes(data)
+        udp.sendto(data, addr)
+    udp.close()
+    for i in range(1000):
+        with socket.create_connection(addr, timeout=5) as tcp:
+            if i % 3 == 0:
+                tcp.sendall(struct.pack(">I", 2**31))  # an absurd length
+            elif i % 3 == 1:
+                body = rng.randbytes(rng.randint(1, 200))
+                tcp.sendall(struct.pack(">I", len(body)) + body)
+            else:
+                tcp.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    assert target.api("GET", "/health")["status"] == "ready"
+    counters = wait_for(
+        lambda: (c := target.api("GET", "/stats")["counters"]).get("dropped_malformed", 0) > 1000 and c,
+        20, "malformed datagrams to be counted",
+    )  # fmt: skip
+    assert counters.get("dropped_stream_transport", 0) + counters.get("dropped_stream_malformed", 0) >= 600
+    # Still a working member: a new entry still reaches the other agent.
+    target.api("POST", "/networks/net/entries", {"entries": [{"table": "t", "key": "after", "value": "x"}]})
+    wait_for(lambda: "after" in cluster.agents["a02"].keys("net"), 10, "a write after the garbage to spread")
+
+
+def _keyring(path, *keys):
+    import json
+
+    path.write_text(json.dumps({"keys": list(keys)}))
+    path.chmod(0o600)
+    return str(path)
+
+
+def test_wrong_key_stays_out_and_rotation_keeps_everyone_alive(cluster, tmp_path):
+    from gossip_agent.runtime.crypto import new_key
+
+    old, new, wrong = new_key(), new_key(), new_key()
+    for i in range(1, 5):
+        cluster.add(f"a{i:02d}", i, networks=[{"id": "net"}], keyring_file=_keyring(tmp_path / f"k{i}.json", old))
+    intruder = cluster.add("a05", 5, networks=[{"id": "net"}], keyring_file=_keyring(tmp_path / "k5.json", wrong))
+    for agent in cluster.agents.values():
+        agent.start()
+    members = {f"a{i:02d}" for i in range(1, 5)}
+    wait_for(lambda: cluster.alive_everywhere(members), 30, "keyed agents to see each other")
+    assert set(intruder.states()) == {"a05"}
+    assert "a05" not in cluster.agents["a01"].states()
+    assert cluster.agents["a01"].api("GET", "/stats")["counters"].get("dropped_auth_failed", 0) > 0
+    keyed = [cluster.agents[n] for n in sorted(members)]
+    for method in ("POST", "PUT"):  # install the new key everywhere, then make it primary everywhere
+        for agent in keyed:
+            agent.api(method, "/keys", {"key": new})
+    for agent in keyed:
+        agent.api("DELETE", "/keys", {"key": old})
+    keyed[0].api("POST", "/networks/net/entries", {"entries": [{"table": "t", "key": "rotated", "value": "x"}]})
+    for agent in keyed:
+        wait_for(lambda a=agent: "rotated" in a.keys("net"), 10, f"{agent.name} to get an entry after rotation")
+        assert agent.api("GET", "/keys")["keys"] == [agent.api("GET", "/keys")["primary"]]
+        assert agent.api("GET", "/stats")["counters"].get("member_suspected", 0) == 0, agent.name

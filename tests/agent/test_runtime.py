@@ -1,0 +1,143 @@
+"""Config, keyring and journal units; the clear errors users see for bad config and bad requests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from gossip_agent.core.wire import TableEvent
+from gossip_agent.runtime.config import ConfigError, load, parse
+from gossip_agent.runtime.crypto import AuthError, Keyring, KeyringError, decode_key, new_key
+from gossip_agent.runtime.store import Journal
+
+from .agents import Cluster
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"bind_addr": "127.0.0.1", "port": 70000}, "port: 70000: expected a port number 1-65535"),
+        ({"bind_addr": "nowhere"}, "bind_addr: 'nowhere': expected an IP address"),
+        ({"bind_addr": "0.0.0.0"}, "advertise_addr: missing: required when bind_addr is 0.0.0.0"),
+        ({"bind_addr": "127.0.0.1", "seeds": ["127.0.0.2:x"]}, "seeds[0]: '127.0.0.2:x': expected ADDRESS[:PORT]"),
+        ({"bind_addr": "127.0.0.1", "networks": [{"id": "a b"}]}, "networks[0].id: 'a b'"),
+        ({"bind_addr": "127.0.0.1", "profile": "fast"}, "profile: 'fast': expected one of lan, wan, local"),
+        ({"bind_addr": "127.0.0.1", "protocol": {"fanout": 0}}, "protocol: protocol setting 'fanout' must be positive"),
+        ({"bind_addr": "127.0.0.1", "protocl": {}}, "protocl: unknown setting"),
+        ({"bind_addr": "127.0.0.1", "state_dir": "relative"}, "state_dir: 'relative': expected an absolute path"),
+        ([1, 2], "must hold a mapping"),
+    ],
+)
+def test_config_mistakes_name_field_value_and_expectation(data, message):
+    with pytest.raises(ConfigError) as info:
+        parse(data, "agent.yaml")
+    assert str(info.value).startswith("agent.yaml: ")
+    assert message in str(info.value)
+
+
+def test_config_defaults_and_overrides():
+    config = parse({"bind_addr": "127.0.0.5", "seeds": ["127.0.0.1"], "networks": ["a", {"id": "b", "vxlan_id": 7}],
+                    "profile": "local", "protocol": {"fanout": 4}})  # fmt: skip
+    assert config.advertise_addr == "127.0.0.5"
+    assert config.seeds == (("127.0.0.1", 7946),)
+    assert [n.id for n in config.networks] == ["a", "b"]
+    assert config.protocol.fanout == 4
+    assert config.protocol.probe_interval == 0.5  # from the local profile
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "agent.yaml"
+    bad.write_text("port: [1,\n")
+    with pytest.raises(ConfigError, match=r"agent.yaml: not valid YAML at line \d"):
+        load(bad)
+    with pytest.raises(ConfigError, match="no such file"):
+        load(tmp_path / "missing.yaml")
+
+
+def test_run_with_bad_config_prints_one_line_and_exits_2(tmp_path):
+    config = tmp_path / "agent.yaml"
+    config.write_text("bind_addr: 127.0.0.1\nport: -1\n")
+    result = subprocess.run([sys.executable, "-m", "gossip_agent.cli", "run", "--config", str(config)],
+                            capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"gossip-agent: error: {config}: port: -1: expected a port number 1-65535"
+    ]
+
+
+def test_keyring_seals_opens_and_rotates(tmp_path):
+    a, b = new_key(), new_key()
+    path = tmp_path / "keyring.json"
+    ring = Keyring([decode_key(a)], path)
+    sealed = ring.seal(b"hello")
+    assert ring.open(sealed) == b"hello"
+    with pytest.raises(AuthError):
+        Keyring([decode_key(b)]).open(sealed)
+    with pytest.raises(AuthError):
+        ring.open(sealed[:-1] + bytes([sealed[-1] ^ 1]))  # tampered
+    ring.install(decode_key(b))
+    ring.use(decode_key(b))
+    assert Keyring.load(path).open(ring.seal(b"x")) == b"x"
+    with pytest.raises(KeyringError, match="primary key cannot be removed"):
+        ring.remove(decode_key(b))
+    ring.remove(decode_key(a))
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(KeyringError, match="expected 32"):
+        decode_key("c2hvcnQ=")
+
+
+def test_journal_keeps_own_entries_and_tombstones(tmp_path):
+    journal = Journal(tmp_path / "j.db", "me")
+    journal.record([TableEvent("n", "t", "k1", b"v", "me", 3, 1000, False),
+                    TableEvent("n", "t", "k2", b"", "me", 4, 1000, True)])  # fmt: skip
+    journal.record([TableEvent("n", "t", "k1", b"w", "me", 5, 1000, False)])
+    journal.set_meta("incarnation", 2)
+    journal.close()
+    reopened = Journal(tmp_path / "j.db", "me")
+    events = {e.key: e for e in reopened.load(now_ms=2000, tombstone_ttl=60)}
+    assert events["k1"].value == b"w"
+    assert events["k2"].deleted
+    assert reopened.meta("lamport") == 5
+    assert reopened.meta("incarnation") == 2
+    assert [e.key for e in reopened.load(now_ms=1000 + 61_000, tombstone_ttl=60)] == ["k1"]  # tombstone expired
+
+
+@pytest.mark.daemon
+def test_bad_api_requests_get_clear_4xx(tmp_path):
+    cluster = Cluster(tmp_path, 201)
+    agent = cluster.add("solo", 1, networks=[{"id": "net"}], seeds=[])
+    try:
+        agent.start()
+        cases = [
+            ("POST", "/networks/net/entries", {"entries": [{"table": "t"}]}, 400, "missing field 'key'"),
+            ("POST", "/networks/net/entries", {"entries": []}, 400, "empty list"),
+            ("POST", "/networks/net/entries", {"entries": [{"table": "t", "key": "k", "value": 5}]}, 400,
+             "value: expected str"),
+            ("POST", "/networks/other/entries", {"entries": [{"table": "t", "key": "k", "value": ""}]}, 404,
+             "not attached"),
+            ("DELETE", "/networks/net/entries", {"entries": [{"table": "t", "key": "nope"}]}, 409, "no entry t/nope"),
+            ("GET", "/nowhere", None, 404, "no such resource"),
+            ("PATCH", "/members", None, 405, "not allowed"),
+            ("PUT", "/faults", {"peer": "127.0.0.9", "drop": 2}, 400, "probability"),
+            ("GET", "/keys", None, 409, "without a keyring"),
+        ]  # fmt: skip
+        from gossip_agent.runtime.client import ApiFailure
+
+        for method, path, body, status, message in cases:
+            with pytest.raises(ApiFailure) as info:
+                agent.api(method, path, body)
+            assert info.value.status == status, (method, path)
+            assert message in str(info.value), (method, path)
+        result = agent.ctl("put", "other", "t", "k", "v")
+        assert result.returncode == 2
+        assert "the agent refused:" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert oct((tmp_path / "solo" / "api.sock").stat().st_mode & 0o777) == "0o600"
+        missing = subprocess.run([sys.executable, "-m", "gossip_agent.cli", "ctl", "--socket", "/nonexistent.sock",
+                                  "health"], capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert missing.returncode == 2
+        assert "no agent answers at /nonexistent.sock" in missing.stderr
+    finally:
+        cluster.stop()
