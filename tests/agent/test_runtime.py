@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
@@ -105,11 +106,17 @@ def test_journal_keeps_own_entries_and_tombstones(tmp_path):
 
 
 @pytest.mark.daemon
-def test_bad_api_requests_get_clear_4xx(tmp_path):
+def test_api_metrics_and_clear_4xx_for_bad_requests(tmp_path):
     cluster = Cluster(tmp_path, 201)
-    agent = cluster.add("solo", 1, networks=[{"id": "net"}], seeds=[])
+    agent = cluster.add("solo", 1, networks=[{"id": "net"}], seeds=[], metrics_addr="127.0.201.1:9946")
     try:
         agent.start()
+        agent.api("POST", "/networks/net/entries", {"entries": [{"table": "t", "key": "k", "value": "v"}]})
+        metrics = agent.api("GET", "/metrics")
+        assert 'gossip_entries{network="net"} 1.0' in metrics
+        assert 'gossip_members{state="alive"} 1.0' in metrics
+        with urllib.request.urlopen("http://127.0.201.1:9946/metrics", timeout=10) as response:
+            assert 'gossip_entries{network="net"} 1.0' in response.read().decode()
         cases = [
             ("POST", "/networks/net/entries", {"entries": [{"table": "t"}]}, 400, "missing field 'key'"),
             ("POST", "/networks/net/entries", {"entries": []}, 400, "empty list"),

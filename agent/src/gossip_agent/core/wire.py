@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from sys import intern
 from typing import Any, ClassVar, Self
 
 import msgpack
@@ -289,12 +290,13 @@ class TableEvent(Message):
     @classmethod
     def from_wire(cls, raw: list[Any]) -> TableEvent:
         network, table, key, value, owner, lamport, wall, deleted = _fields(raw, 8, "table event")
+        # Interned: thousands of entries share a few network, table and owner names.
         return cls(
-            _str(network, "network"),
-            _str(table, "table"),
+            intern(_str(network, "network")),
+            intern(_str(table, "table")),
             _str(key, "key", MAX_KEY),
             _bytes(value, "value"),
-            _str(owner, "owner"),
+            intern(_str(owner, "owner")),
             _int(lamport, "lamport", 1),
             _int(wall, "wall time"),
             _bool(deleted, "deleted"),

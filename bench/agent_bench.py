@@ -1,0 +1,127 @@
+"""Daemon benchmarks on loopback: real agent processes, real sockets. Prints figures.
+
+    python bench/agent_bench.py                 # 30 agents: 1,000 and 10,000 entries, idle CPU, RSS
+    python bench/agent_bench.py --only decode   # events decoded and merged per second, one core
+    python bench/agent_bench.py --agents 10     # a smaller cluster
+
+Every agent runs the `lan` profile (200 ms gossip, as NetworkDB). Addresses: 127.0.250.x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "agent" / "src"))
+sys.path.insert(0, str(ROOT))
+
+from gossip_agent.core.config import lan  # noqa: E402
+from gossip_agent.core.node import Node  # noqa: E402
+from gossip_agent.core.wire import TableEvent, encode_datagram  # noqa: E402
+from tests.agent.agents import Cluster, wait_for  # noqa: E402
+
+TICKS = 100  # clock ticks per second, for /proc/<pid>/stat
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def counts(cluster: Cluster) -> list[int]:
+    return [a.api("GET", "/networks")[0]["entries"] for a in cluster.agents.values()]
+
+
+def converge(cluster: Cluster, expected: int, label: str) -> float:
+    """Seconds until every agent holds `expected` entries, polled every 20 ms."""
+    started = time.monotonic()
+    wait_for(lambda: all(c == expected for c in counts(cluster)), 300, label, interval=0.02)
+    return time.monotonic() - started
+
+
+def churn_phase(cluster: Cluster, count: int, prefix: str) -> None:
+    writer = cluster.agents["a01"]
+    pids = [a.process.pid for a in cluster.agents.values() if a.process]
+    before = sum(cpu_seconds(p) for p in pids)
+    result = writer.ctl("churn", "net", "--count", str(count), "--prefix", prefix)
+    assert result.returncode == 0, result.stderr
+    created = converge(cluster, count, f"{count} entries everywhere")
+    cpu_create = sum(cpu_seconds(p) for p in pids) - before
+    rss_writer, rss_reader = rss_mib(pids[0]), rss_mib(pids[-1])
+    result = writer.ctl("churn", "net", "--count", str(count), "--prefix", prefix, "--delete")
+    assert result.returncode == 0, result.stderr
+    deleted = converge(cluster, 0, f"{count} deletes everywhere")
+    print(
+        f"{count:>8,} {created:>12.2f} {deleted:>12.2f} {cpu_create:>16.1f} {rss_writer:>11.1f} {rss_reader:>11.1f}",
+        flush=True,
+    )
+
+
+def cluster_bench(agents: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="gossip-bench-") as tmp:
+        cluster = Cluster(Path(tmp), 250)
+        try:
+            started = time.monotonic()
+            cluster.start(agents, lambda i: ["net"], profile="lan")
+            names = set(cluster.agents)
+            wait_for(lambda: cluster.alive_everywhere(names), 120, f"{agents} agents alive everywhere")
+            print(f"\n## {agents} agents on loopback (lan profile); up and joined in {time.monotonic() - started:.1f} s")
+            pids = [a.process.pid for a in cluster.agents.values() if a.process]
+            before = [cpu_seconds(p) for p in pids]
+            time.sleep(10)
+            idle = [(cpu_seconds(p) - b) / 10 * 100 for p, b in zip(pids, before, strict=True)]
+            print(f"idle CPU per agent: mean {sum(idle) / len(idle):.2f}% max {max(idle):.2f}% of a core "
+                  f"(over 10 s; /proc tick is 10 ms)")
+            print(f"\n{'entries':>8} {'create s':>12} {'delete s':>12} {'CPU-s all (new)':>16} "
+                  f"{'RSS wr MiB':>11} {'RSS rd MiB':>11}")
+            churn_phase(cluster, 1000, "small-")
+            churn_phase(cluster, 10_000, "big-")
+        finally:
+            cluster.stop()
+
+
+def decode_bench(events: int = 200_000) -> None:
+    """Datagrams full of new table events from another owner, decoded and merged by one node."""
+    config = lan()
+    node = Node("me", ("127.0.0.1", 7946), config, random.Random(1), 0.0)
+    node.attach("net", 0.0)
+    per_datagram = 12
+    datagrams = []
+    for start in range(0, events, per_datagram):
+        batch = [TableEvent("net", "endpoints", f"ep-{i:07d}", b"198.19.1.2/16 02:42:c6:13:01:02", "peer", i + 1,
+                            1_700_000_000_000, False) for i in range(start, min(events, start + per_datagram))]
+        datagrams.append(encode_datagram("peer", batch))
+    started = time.perf_counter()
+    for data in datagrams:
+        node.handle_datagram(("127.0.0.2", 7946), data, 1.0)
+    elapsed = time.perf_counter() - started
+    stored = sum(1 for _ in node.networks["net"].table.visible())
+    print(f"\n## decode + merge on one core: {events / elapsed:,.0f} events/s "
+          f"({events:,} events in {len(datagrams):,} datagrams of ~{len(datagrams[0])} B; {stored:,} stored)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=("cluster", "decode"))
+    parser.add_argument("--agents", type=int, default=30)
+    args = parser.parse_args()
+    if args.only in (None, "decode"):
+        decode_bench()
+    if args.only in (None, "cluster"):
+        cluster_bench(args.agents)
+
+
+if __name__ == "__main__":
+    main()
