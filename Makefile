@@ -12,7 +12,7 @@ $(STAMP): agent/pyproject.toml pyproject.toml
 		echo "installing python3-venv (apt)"; apt-get update -qq && apt-get install -y -qq python3 python3-venv >/dev/null; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ./agent -e '.[test]'
+	$(PY) -m pip install -q -e './agent[fast]' -e '.[test]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -29,6 +29,7 @@ test: lint unit
 
 bench: $(STAMP)
 	$(PY) bench/sim_scale.py
+	$(PY) bench/agent_bench.py
 
 nightly: $(STAMP)
 	$(PY) -m pytest -m "scale" tests

@@ -150,3 +150,18 @@ def test_wrong_key_stays_out_and_rotation_keeps_everyone_alive(cluster, tmp_path
         wait_for(lambda a=agent: "rotated" in a.keys("net"), 10, f"{agent.name} to get an entry after rotation")
         assert agent.api("GET", "/keys")["keys"] == [agent.api("GET", "/keys")["primary"]]
         assert agent.api("GET", "/stats")["counters"].get("member_suspected", 0) == 0, agent.name
+
+
+def test_fault_hook_drops_traffic_to_one_peer_until_cleared(cluster):
+    cluster.start(2, lambda i: ["net"])
+    a, b = cluster.agents["a01"], cluster.agents["a02"]
+    wait_for(lambda: cluster.alive_everywhere({"a01", "a02"}), 20, "both agents alive")
+    for agent, peer in ((a, b), (b, a)):  # both ways, so no sync can carry it either
+        result = agent.ctl("fault", "set", peer.address, "--drop", "1.0")
+        assert result.returncode == 0, result.stderr
+    a.api("POST", "/networks/net/entries", {"entries": [{"table": "t", "key": "held", "value": "x"}]})
+    wait_for(lambda: a.api("GET", "/stats")["counters"].get("dropped_fault", 0) >= 3, 10, "a01 to drop gossip to a02")
+    assert "held" not in b.keys("net")
+    assert a.ctl("fault", "clear").returncode == 0
+    assert b.ctl("fault", "clear").returncode == 0
+    wait_for(lambda: "held" in b.keys("net"), 15, "the entry to reach a02 once the fault is cleared")
