@@ -77,15 +77,21 @@ def cluster_bench(agents: int) -> None:
             cluster.start(agents, lambda i: ["net"], profile="lan")
             names = set(cluster.agents)
             wait_for(lambda: cluster.alive_everywhere(names), 120, f"{agents} agents alive everywhere")
-            print(f"\n## {agents} agents on loopback (lan profile); up and joined in {time.monotonic() - started:.1f} s")
+            print(
+                f"\n## {agents} agents on loopback (lan profile); up and joined in {time.monotonic() - started:.1f} s"
+            )
             pids = [a.process.pid for a in cluster.agents.values() if a.process]
             before = [cpu_seconds(p) for p in pids]
             time.sleep(10)
             idle = [(cpu_seconds(p) - b) / 10 * 100 for p, b in zip(pids, before, strict=True)]
-            print(f"idle CPU per agent: mean {sum(idle) / len(idle):.2f}% max {max(idle):.2f}% of a core "
-                  f"(over 10 s; /proc tick is 10 ms)")
-            print(f"\n{'entries':>8} {'create s':>12} {'delete s':>12} {'CPU-s all (new)':>16} "
-                  f"{'RSS wr MiB':>11} {'RSS rd MiB':>11}")
+            print(
+                f"idle CPU per agent: mean {sum(idle) / len(idle):.2f}% max {max(idle):.2f}% of a core "
+                f"(over 10 s; /proc tick is 10 ms)"
+            )
+            print(
+                f"\n{'entries':>8} {'create s':>12} {'delete s':>12} {'CPU-s all (new)':>16} "
+                f"{'RSS wr MiB':>11} {'RSS rd MiB':>11}"
+            )
             churn_phase(cluster, 1000, "small-")
             churn_phase(cluster, 10_000, "big-")
         finally:
@@ -100,16 +106,29 @@ def decode_bench(events: int = 200_000) -> None:
     per_datagram = 12
     datagrams = []
     for start in range(0, events, per_datagram):
-        batch = [TableEvent("net", "endpoints", f"ep-{i:07d}", b"198.19.1.2/16 02:42:c6:13:01:02", "peer", i + 1,
-                            1_700_000_000_000, False) for i in range(start, min(events, start + per_datagram))]
+        batch = [
+            TableEvent(
+                "net",
+                "endpoints",
+                f"ep-{i:07d}",
+                b"198.19.1.2/16 02:42:c6:13:01:02",
+                "peer",
+                i + 1,
+                1_700_000_000_000,
+                False,
+            )
+            for i in range(start, min(events, start + per_datagram))
+        ]
         datagrams.append(encode_datagram("peer", batch))
     started = time.perf_counter()
     for data in datagrams:
         node.handle_datagram(("127.0.0.2", 7946), data, 1.0)
     elapsed = time.perf_counter() - started
     stored = sum(1 for _ in node.networks["net"].table.visible())
-    print(f"\n## decode + merge on one core: {events / elapsed:,.0f} events/s "
-          f"({events:,} events in {len(datagrams):,} datagrams of ~{len(datagrams[0])} B; {stored:,} stored)")
+    print(
+        f"\n## decode + merge on one core: {events / elapsed:,.0f} events/s "
+        f"({events:,} events in {len(datagrams):,} datagrams of ~{len(datagrams[0])} B; {stored:,} stored)"
+    )
 
 
 def main() -> None:
