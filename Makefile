@@ -5,11 +5,21 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test unit lint sim bench nightly demo clean
+.PHONY: setup test tests lint sim bench nightly demo clean
 
-$(STAMP): agent/pyproject.toml pyproject.toml
-	@command -v $(PYTHON) >/dev/null && $(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { \
-		echo "installing python3-venv (apt)"; apt-get update -qq && apt-get install -y -qq python3 python3-venv >/dev/null; }
+# Debian packages the lab needs on the controller; installed only when missing (needs root).
+APT_PACKAGES := python3 python3-venv openssh-server openssh-client iproute2 nftables util-linux
+SYSTEM_STAMP := $(VENV)/.system
+
+$(SYSTEM_STAMP):
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages: $$missing (run as root to install)"; exit 1; fi; \
+		echo "installing $$missing (apt)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+$(STAMP): agent/pyproject.toml pyproject.toml $(SYSTEM_STAMP)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e './agent[fast]' -e '.[test]'
@@ -21,19 +31,21 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check agent/src lab tests bench
 	$(VENV)/bin/ruff format --check agent/src lab tests bench
 	$(VENV)/bin/mypy
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ansible-lint -q --profile production playbooks roles
 
-unit: $(STAMP)
-	$(PY) -m pytest -m "not scale and not lab" tests
+tests: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -m "not scale" tests
 
-test: lint unit
+test: lint tests
 
 bench: $(STAMP)
 	$(PY) bench/sim_scale.py
 	$(PY) bench/agent_bench.py
 
 nightly: $(STAMP)
-	$(PY) -m pytest -m "scale" tests
 	$(PY) bench/sim_scale.py
+	$(PY) bench/agent_bench.py
+	$(PY) bench/lab_bench.py --sizes 8,50,100
 
 demo: $(STAMP)
 	@echo "The local namespace lab is not built yet; running the headline experiment in the simulator:"

@@ -227,6 +227,10 @@ exec /usr/sbin/sshd -D -e -f {config}
         if self.state.exists():
             shutil.rmtree(self.state)
             self.changed = True
+        try:
+            self.state.parent.rmdir()  # the labs' common parent, once no lab is left in it
+        except OSError:
+            pass
         for point in ("/etc/gossip-agent", "/var/lib/gossip-agent"):
             try:
                 Path(point).rmdir()  # only the empty mount points this module made

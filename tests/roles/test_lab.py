@@ -1,0 +1,139 @@
+"""site.yml from nothing on an 8-host namespace lab, a no-change re-run, host checks, lab-down.
+
+Uses its own prefix, subnet and inventory, so a demo lab on the same machine is left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the local lab needs root"),
+    pytest.mark.skipif(shutil.which("ansible-playbook") is None and not Path(".venv/bin/ansible-playbook").exists(),
+                       reason="ansible-core not installed"),
+]  # fmt: skip
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFIX, SUBNET, SIZE = "sgt", "198.18.128.0/24", 8
+KEY = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA="  # a fixed test key (base64 of 32 bytes)
+
+
+def playbook(inventory: Path, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("ansible-playbook") or str(ROOT / ".venv" / "bin" / "ansible-playbook")
+    settings = [f"lab_prefix={PREFIX}", f"lab_subnet={SUBNET}", f"lab_inventory={inventory}", f"lab_size={SIZE}"]
+    args = [binary, "-i", str(inventory), str(ROOT / "playbooks" / name)]
+    for setting in settings:
+        args += ["-e", setting]
+    args += extra
+    print("$", " ".join(args))
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "ANSIBLE_FORCE_COLOR": "0"})  # fmt: skip
+    print(result.stdout[-6000:], result.stderr[-3000:])
+    return result
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    hosts = {}
+    for host, counters in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", output, re.M):
+        hosts[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counters)}
+    return hosts
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("lab")
+    inventory = workdir / "hosts.yml"
+    shutil.copytree(ROOT / "inventories" / "local" / "group_vars", workdir / "group_vars")
+    keys = json.dumps({"gossip_agent_keys": [KEY]})
+    try:
+        first = playbook(inventory, "site.yml", "-e", keys)
+        assert first.returncode == 0, "site.yml failed from nothing"
+        second = playbook(inventory, "site.yml", "-e", keys)
+        assert second.returncode == 0, "site.yml failed on the re-run"
+        yield inventory, first, second
+    finally:
+        down = playbook(inventory, "lab-down.yml")
+        assert down.returncode == 0, "lab-down.yml failed"
+
+
+def hosts(inventory: Path):
+    import testinfra
+    import yaml
+
+    data = yaml.safe_load(inventory.read_text())["all"]["children"]["agents"]
+    key = data["vars"]["ansible_ssh_private_key_file"]
+    extra = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+    return {
+        name: testinfra.get_host(f"ssh://root@{h['ansible_host']}", ssh_identity_file=key, ssh_extra_args=extra)
+        for name, h in data["hosts"].items()
+    }
+
+
+def test_first_run_changes_and_second_run_changes_nothing(lab):
+    _, first, second = lab
+    first_recap, second_recap = recap(first.stdout), recap(second.stdout)
+    assert set(first_recap) == {"localhost", *(f"h{i:02d}" for i in range(1, SIZE + 1))}
+    assert all(counts["changed"] > 0 for host, counts in first_recap.items())
+    assert {host: counts["changed"] for host, counts in second_recap.items()} == dict.fromkeys(second_recap, 0)
+
+
+def test_every_host_runs_a_supervised_agent_in_its_own_namespaces(lab):
+    inventory, _, _ = lab
+    all_hosts = hosts(inventory)
+    addresses = {}
+    for name, host in all_hosts.items():
+        assert host.check_output("hostname") == name
+        status = host.run("/opt/gossip-agent/bin/gossip-agent-service status")
+        assert status.rc == 0, status.stdout
+        assert host.process.filter(comm="gossip-agent") or "gossip-agent run" in host.check_output("ps -eo args")
+        address = host.check_output("ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1")
+        addresses[name] = address
+        assert host.socket(f"tcp://{address}:7946").is_listening
+        assert host.socket(f"udp://{address}:7946").is_listening
+        assert host.file("/etc/gossip-agent/agent.yaml").mode == 0o640
+        assert host.file("/etc/gossip-agent/keyring.json").mode == 0o600
+        assert host.file("/run/gossip-agent/api.sock").mode & 0o777 == 0o600
+        assert "default" not in host.check_output("ip route")  # never a route out of the lab
+        members = json.loads(host.check_output("/opt/gossip-agent/venv/bin/gossip-agent ctl --json members"))
+        assert {m["name"]: m["state"] for m in members} == {h: "alive" for h in all_hosts}
+    assert len(set(addresses.values())) == SIZE
+    first, second = all_hosts["h01"], all_hosts["h02"]
+    first.run("echo h01 > /opt/marker")
+    assert second.run("test -e /opt/marker").rc != 0  # /opt is private to each host
+    first.run("rm -f /opt/marker")
+
+
+def test_supervisor_restarts_a_killed_agent(lab):
+    inventory, _, _ = lab
+    host = hosts(inventory)["h03"]
+    pid = host.check_output("cat /run/gossip-agent/agent.pid")
+    host.run(f"kill -9 {pid}")
+    health = "/opt/gossip-agent/venv/bin/gossip-agent ctl health >/dev/null 2>&1"
+    restarted = f'[ "$(cat /run/gossip-agent/agent.pid)" != {pid} ] && {health}'
+    host.run(f"for i in $(seq 50); do {restarted} && exit 0; sleep 0.2; done; exit 1")
+    assert host.check_output("cat /run/gossip-agent/agent.pid") != pid
+    assert host.run("/opt/gossip-agent/venv/bin/gossip-agent ctl health").rc == 0
+
+
+def test_lab_down_leaves_nothing(lab):
+    inventory, _, _ = lab
+    down = playbook(inventory, "lab-down.yml")
+    assert down.returncode == 0
+    assert not [ns for ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+                if ns.startswith(f"{PREFIX}-")]  # fmt: skip
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert f"{PREFIX}-" not in links
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert f"scoped-gossip-lab/{PREFIX}" not in processes
+    assert not Path(f"/var/lib/scoped-gossip-lab/{PREFIX}").exists()
+    assert not inventory.exists()
+    again = playbook(inventory, "lab-down.yml")  # safe to re-run
+    assert again.returncode == 0
