@@ -49,9 +49,12 @@ def new_key() -> str:
 
 
 def _aesgcm(key: bytes) -> Any:
-    # Imported on first use: cryptography costs ~8 MB of RSS, and most labs run without a keyring.
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
+    # Imported on first use: cryptography costs ~8 MB of RSS and ~5 MB of wheels, and most labs
+    # run without a keyring, so it is the optional extra `gossip-agent[crypto]`.
+    try:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    except ImportError:
+        raise KeyringError("a keyring needs the crypto extra: pip install 'gossip-agent[crypto]'") from None
     return AESGCM(key)
 
 
@@ -59,11 +62,11 @@ class Keyring:
     def __init__(self, keys: list[bytes], path: Path | None = None) -> None:
         if not keys:
             raise KeyringError("a keyring needs at least one key")
+        self._keys = list(dict.fromkeys(keys))
+        self._ciphers = [_aesgcm(k) for k in self._keys]
         from cryptography.exceptions import InvalidTag
 
         self._invalid_tag = InvalidTag
-        self._keys = list(dict.fromkeys(keys))
-        self._ciphers = [_aesgcm(k) for k in self._keys]
         self.path = path
 
     @classmethod
