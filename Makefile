@@ -30,13 +30,13 @@ $(STAMP): agent/pyproject.toml pyproject.toml $(SYSTEM_STAMP)
 setup: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check agent/src lab tests bench
-	$(VENV)/bin/ruff format --check agent/src lab tests bench
+	$(VENV)/bin/ruff check agent/src lab tests bench scenarios
+	$(VENV)/bin/ruff format --check agent/src lab tests bench scenarios
 	$(VENV)/bin/mypy
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ansible-lint -q --profile production playbooks roles
 
 tests: $(STAMP)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -m "not scale" tests
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -m "not scale"
 
 test: lint tests
 
@@ -49,11 +49,13 @@ nightly: $(STAMP)
 	$(PY) bench/agent_bench.py
 	$(PY) bench/lab_bench.py --sizes 8,50,100
 
+LAB_SIZE ?= 8
 demo: $(STAMP)
-	@echo "The local namespace lab is not built yet; running the headline experiment in the simulator:"
-	@echo "30 nodes, 3 overlapping networks, 10,000 endpoints written during a halves partition, then heal."
-	$(VENV)/bin/gossip-agent sim --nodes 30 --networks 3 --endpoints 10000 --rate 1000 --delete-fraction 0.2 \
-		--partition halves:2s-20s --seed 7 --json results-demo.json
+	@echo "== bringing up (or reusing) a $(LAB_SIZE)-host local lab and deploying the agent (ansible-playbook site.yml)"
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ansible-playbook playbooks/site.yml -e lab_size=$(LAB_SIZE)
+	@echo "== headline experiment: 10,000 endpoints in 3 networks, churn during a halves partition, heal"
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m lab.headline --inventory inventories/local --endpoints 10000 --seed 7
+	@echo "(the lab stays up for the next run; remove it with: $(VENV)/bin/ansible-playbook playbooks/lab-down.yml)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,106 @@
+"""Convergence per network scope, against the ground truth of what the workload wrote.
+
+A verdict is data with its evidence: `{"valid": False, "missing": {...}, ...}`. Every wait goes
+through `wait_for`, whose timeout says what was awaited and for how long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .fleet import Fleet
+
+
+class WaitTimeout(AssertionError):
+    pass
+
+
+async def wait_for(predicate: Callable[[], Awaitable[Any]], deadline: float, label: str, interval: float = 0.1) -> Any:
+    started = time.monotonic()
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() - started > deadline:
+            raise WaitTimeout(f"timed out after {deadline:.0f} s waiting for {label}")
+        await asyncio.sleep(interval)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+class Checker:
+    def __init__(self, fleet: Fleet, members: dict[str, list[str]]) -> None:
+        self.fleet = fleet
+        self.members = members  # network -> hosts attached to it
+        self._out_of_scope_before: dict[str, int] = {}
+
+    async def _out_of_scope(self) -> dict[str, int]:
+        stats = await self.fleet.each(lambda name: self.fleet.ctl(name, "stats"))
+        return {h: s["counters"].get("dropped_out_of_scope", 0) for h, s in stats.items()}
+
+    async def baseline(self) -> None:
+        """Counters are cumulative per agent: remember them, so only this run's drops count."""
+        self._out_of_scope_before = await self._out_of_scope()
+
+    async def membership_converged(self) -> bool:
+        views = await self.fleet.each(lambda name: self.fleet.ctl(name, "members"))
+        everyone = set(self.fleet.hosts)
+        return all({m["name"] for m in view if m["state"] == "alive"} == everyone for view in views.values())
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        async def of(name: str) -> dict[str, int]:
+            return {n["network"]: n["entries"] for n in await self.fleet.ctl(name, "networks")}
+
+        return await self.fleet.each(of)
+
+    async def converged(self, expected: dict[str, set[str]]) -> bool:
+        counts = await self.counts()
+        return all(counts[host].get(net) == len(expected[net]) for net, hosts in self.members.items() for host in hosts)
+
+    async def verdict(self, expected: dict[str, set[str]]) -> dict[str, Any]:
+        """Full table comparison on every member, scope check on every non-member."""
+        missing: dict[str, dict[str, int]] = {}
+        unexpected: dict[str, dict[str, int]] = {}
+        latencies: list[float] = []
+        for network, hosts in self.members.items():
+            dumps = await self.fleet.each(lambda name, n=network: self.fleet.ctl(name, "dump", n), hosts)
+            for host, dump in dumps.items():
+                keys = {e["key"] for e in dump["entries"]}
+                if expected[network] - keys:
+                    missing.setdefault(network, {})[host] = len(expected[network] - keys)
+                if keys - expected[network]:
+                    unexpected.setdefault(network, {})[host] = len(keys - expected[network])
+                latencies += [(e["seen_wall_ms"] - e["origin_wall_ms"]) / 1000 for e in dump["entries"]
+                              if e["owner"] != host]  # fmt: skip
+        networks_of = await self.fleet.each(lambda name: self.fleet.ctl(name, "networks"))
+        # Only this experiment's networks count: hosts may be in others (e.g. the inventory's own).
+        leaks = {host: sorted({n["network"] for n in nets if n["network"] in self.members}
+                              - {net for net, hs in self.members.items() if host in hs})
+                 for host, nets in networks_of.items()}  # fmt: skip
+        leaks = {h: n for h, n in leaks.items() if n}
+        stats = await self.fleet.each(lambda name: self.fleet.ctl(name, "stats"))
+        now = {h: s["counters"].get("dropped_out_of_scope", 0) for h, s in stats.items()}
+        out_of_scope = {h: v - self._out_of_scope_before.get(h, 0) for h, v in now.items()}
+        return {
+            "valid": not missing and not unexpected and not leaks and not any(out_of_scope.values()),
+            "missing": missing,
+            "unexpected": unexpected,
+            "scope_leaks": leaks,
+            "out_of_scope_received": {h: v for h, v in out_of_scope.items() if v},
+            "latency_s": {
+                "count": len(latencies),
+                "p50": percentile(latencies, 50),
+                "p90": percentile(latencies, 90),
+                "p99": percentile(latencies, 99),
+                "max": max(latencies) if latencies else None,
+            },  # fmt: skip
+            "bytes_out_per_host": sum(s["counters"].get("bytes_out", 0) for s in stats.values()) / len(stats),
+        }
