@@ -41,6 +41,7 @@ class Checker:
         self.fleet = fleet
         self.members = members  # network -> hosts attached to it
         self._out_of_scope_before: dict[str, int] = {}
+        self.latencies: list[float] = []  # of the last verdict, for the latency plot
 
     async def _out_of_scope(self) -> dict[str, int]:
         stats = await self.fleet.each(lambda name: self.fleet.ctl(name, "stats"))
@@ -65,6 +66,16 @@ class Checker:
         counts = await self.counts()
         return all(counts[host].get(net) == len(expected[net]) for net, hosts in self.members.items() for host in hosts)
 
+    async def fractions(self, expected_counts: dict[str, int]) -> dict[str, float]:
+        """Per network, the share of (member, entry) pairs held now (entry counts, capped)."""
+        counts = await self.counts()
+        result = {}
+        for net, hosts in self.members.items():
+            want = expected_counts[net] * len(hosts)
+            have = sum(min(counts[h].get(net, 0), expected_counts[net]) for h in hosts)
+            result[net] = have / want if want else 1.0
+        return result
+
     async def verdict(self, expected: dict[str, set[str]]) -> dict[str, Any]:
         """Full table comparison on every member, scope check on every non-member."""
         missing: dict[str, dict[str, int]] = {}
@@ -80,6 +91,7 @@ class Checker:
                     unexpected.setdefault(network, {})[host] = len(keys - expected[network])
                 latencies += [(e["seen_wall_ms"] - e["origin_wall_ms"]) / 1000 for e in dump["entries"]
                               if e["owner"] != host]  # fmt: skip
+        self.latencies = latencies
         networks_of = await self.fleet.each(lambda name: self.fleet.ctl(name, "networks"))
         # Only this experiment's networks count: hosts may be in others (e.g. the inventory's own).
         leaks = {host: sorted({n["network"] for n in nets if n["network"] in self.members}
@@ -102,5 +114,5 @@ class Checker:
                 "p99": percentile(latencies, 99),
                 "max": max(latencies) if latencies else None,
             },  # fmt: skip
-            "bytes_out_per_host": sum(s["counters"].get("bytes_out", 0) for s in stats.values()) / len(stats),
+            "bytes_out": {h: s["counters"].get("bytes_out", 0) for h, s in stats.items()},
         }

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import report
 from .checker import Checker, WaitTimeout, wait_for
 from .churn import Churn
 from .fleet import Fleet, FleetError
@@ -82,6 +82,17 @@ async def _run(fleet: Fleet, nemesis: Nemesis, names: list[str], endpoints: int,
             writes.append(churn.create(writer, network, count, f"{writer}-", rate=1500.0))
     started = time.monotonic()
     say(f"churn: {per_network * len(networks):,} endpoints, partition {halves[0]} | {halves[1]} after 0.5 s")
+    planned = {n: per_network for n in networks}
+    samples: list[dict[str, Any]] = []
+    done = asyncio.Event()
+
+    async def sample() -> None:  # convergence over time, for the plot
+        while not done.is_set():
+            fractions = await checker.fractions(planned)  # stamped when the answers are in
+            samples.append({"t": round(time.monotonic() - started, 3), "converged": fractions})
+            await asyncio.sleep(0.1)
+
+    sampler = asyncio.create_task(sample())
     churn_task = asyncio.gather(*writes)
     await asyncio.sleep(0.5)
     await nemesis.partition(halves)
@@ -95,6 +106,9 @@ async def _run(fleet: Fleet, nemesis: Nemesis, names: list[str], endpoints: int,
     expected = churn.truth
     await wait_for(lambda: checker.converged(expected), 120, "every network to converge after heal", 0.05)
     converged = time.monotonic()
+    await asyncio.sleep(0.3)  # one more sample at 100 %
+    done.set()
+    await sampler
     await wait_for(checker.membership_converged, 60, "membership to converge after heal")
     verdict = await checker.verdict(expected)
     return {
@@ -107,6 +121,9 @@ async def _run(fleet: Fleet, nemesis: Nemesis, names: list[str], endpoints: int,
         "convergence_after_last_write_s": converged - churn.last_write,
         "churn_seconds": churn_done - started,
         "verdict": verdict,
+        "latencies": checker.latencies,
+        "samples": samples,
+        "fault_windows": [{"label": "halves partition", "start": partitioned_at - started, "end": healed - started}],
         "history": churn.history,
         "faults": nemesis.log,
     }
@@ -138,9 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"headline: FAIL: {exc}", file=sys.stderr)
         return 1
     result.update({"run_id": run_id, "seed": args.seed, "commit": _commit()})
-    out = Path(args.results_dir) / run_id
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+    latencies = result.pop("latencies")
     lat = result["verdict"]["latency_s"]
     rows = [
         ("hosts", len(result["hosts"])),
@@ -153,9 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         ("missing / unexpected", f"{len(result['verdict']['missing'])} / {len(result['verdict']['unexpected'])}"),
         ("scope leaks", len(result["verdict"]["scope_leaks"]) + len(result["verdict"]["out_of_scope_received"])),
     ]
+    page = report.write(Path(args.results_dir) / run_id, result, latencies, rows)
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
-    print(f"{'PASS' if result['valid'] else 'FAIL'}: results in {out / 'results.json'} (seed {args.seed})")
+    print(f"{'PASS' if result['valid'] else 'FAIL'}: report {page} (seed {args.seed})")
     return 0 if result["valid"] else 1
 
 
