@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .fleet import Fleet
+from .fleet import Fleet, FleetError
 
 
 class WaitTimeout(AssertionError):
@@ -19,13 +19,20 @@ class WaitTimeout(AssertionError):
 
 
 async def wait_for(predicate: Callable[[], Awaitable[Any]], deadline: float, label: str, interval: float = 0.1) -> Any:
+    """Poll until `predicate` is truthy. A host that does not answer (an agent restarting) counts
+    as "not yet"; the timeout message names what was awaited, how long, and the last such error."""
     started = time.monotonic()
+    last_error = ""
     while True:
-        value = await predicate()
+        try:
+            value = await predicate()
+        except FleetError as exc:
+            value, last_error = None, str(exc)
         if value:
             return value
         if time.monotonic() - started > deadline:
-            raise WaitTimeout(f"timed out after {deadline:.0f} s waiting for {label}")
+            detail = f" (last error: {last_error})" if last_error else ""
+            raise WaitTimeout(f"timed out after {deadline:.0f} s waiting for {label}{detail}")
         await asyncio.sleep(interval)
 
 

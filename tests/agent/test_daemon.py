@@ -60,6 +60,7 @@ def test_crash_restart_and_graceful_leave(cluster):
     names = set(agents)
     wait_for(lambda: cluster.alive_everywhere(names), 30, "5 agents alive everywhere")
     victim = agents["a04"]
+    victim.api("POST", "/networks", {"network": "joined-by-api"})
     victim.api("POST", "/networks/net/entries", {"entries": [{"table": "ep", "key": k, "value": k} for k in "abc"]})
     victim.api("DELETE", "/networks/net/entries", {"entries": [{"table": "ep", "key": "a"}]})
     wait_for(lambda: agents["a01"].keys("net") == {"b", "c"}, 10, "a04's entries at a01")
@@ -69,6 +70,7 @@ def test_crash_restart_and_graceful_leave(cluster):
     for agent in others:  # local profile: suspicion bound ~3 x 0.5 s x log10(6) x 3, well under 15 s
         wait_for(lambda a=agent: a.keys("net") == set(), 15, f"{agent.name} to withdraw a04's entries")
     victim.start()
+    assert {n["network"] for n in victim.api("GET", "/networks")} == {"net", "joined-by-api"}  # from the journal
     for agent in others:
         # Back from the journal; the delete made before the crash is not resurrected.
         wait_for(lambda a=agent: a.keys("net") == {"b", "c"}, 15, f"{agent.name} to see a04's entries again")

@@ -95,6 +95,9 @@ def test_journal_keeps_own_entries_and_tombstones(tmp_path):
                     TableEvent("n", "t", "k2", b"", "me", 4, 1000, True)])  # fmt: skip
     journal.record([TableEvent("n", "t", "k1", b"w", "me", 5, 1000, False)])
     journal.set_meta("incarnation", 2)
+    journal.attached("api-net")
+    journal.attached("gone-net")
+    journal.detached("gone-net")
     journal.close()
     reopened = Journal(tmp_path / "j.db", "me")
     events = {e.key: e for e in reopened.load(now_ms=2000, tombstone_ttl=60)}
@@ -102,6 +105,7 @@ def test_journal_keeps_own_entries_and_tombstones(tmp_path):
     assert events["k2"].deleted
     assert reopened.meta("lamport") == 5
     assert reopened.meta("incarnation") == 2
+    assert reopened.networks() == ["api-net"]
     assert [e.key for e in reopened.load(now_ms=1000 + 61_000, tombstone_ttl=60)] == ["k1"]  # tombstone expired
 
 

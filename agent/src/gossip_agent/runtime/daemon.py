@@ -121,11 +121,12 @@ class Agent:
 
     def attach(self, network: str) -> None:
         self.node.attach(network, self.now())
+        self.journal.attached(network)
         self._pump()
 
     def detach(self, network: str) -> None:
         self.node.detach(network, self.now(), self.wall_ms())
-        self.journal.forget_network(network)
+        self.journal.detached(network)
         self._pump()
 
     def write(self, network: str, items: Iterable[tuple[str, str, bytes]]) -> int:
@@ -178,8 +179,8 @@ class Agent:
 
     async def run(self, on_ready: Any = None) -> int:
         await self.transport.start()
-        for network in self.config.networks:
-            self.node.attach(network.id, self.now())
+        for network in sorted({n.id for n in self.config.networks} | set(self.journal.networks())):
+            self.node.attach(network, self.now())
         own = self.journal.load(self.wall_ms(), self.config.protocol.tombstone_ttl)
         if own:
             self.journal.record(self.node.restore(own, self.now(), self.wall_ms()))

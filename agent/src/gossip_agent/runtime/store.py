@@ -1,4 +1,5 @@
-"""Sqlite journal (WAL) of the entries this host owns, its Lamport time and incarnation.
+"""Sqlite journal (WAL) of the entries this host owns, the networks it joined through the API,
+its Lamport time and incarnation.
 
 Everything else is soft state rebuilt from peers. Deletes are kept as tombstones until the
 tombstone TTL: after a crash they are re-announced too, so a peer that missed the delete cannot
@@ -20,6 +21,7 @@ CREATE TABLE IF NOT EXISTS entries (
     PRIMARY KEY (network, tbl, key)
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS networks (name TEXT PRIMARY KEY);
 """
 
 
@@ -49,8 +51,18 @@ class Journal:
         )
         self.db.execute("COMMIT")
 
-    def forget_network(self, network: str) -> None:
+    def attached(self, network: str) -> None:
+        """Networks attached through the API are re-attached after a restart, like the config's."""
+        self.db.execute("INSERT OR IGNORE INTO networks VALUES (?)", (network,))
+
+    def detached(self, network: str) -> None:
+        self.db.execute("BEGIN")
+        self.db.execute("DELETE FROM networks WHERE name = ?", (network,))
         self.db.execute("DELETE FROM entries WHERE network = ?", (network,))
+        self.db.execute("COMMIT")
+
+    def networks(self) -> list[str]:
+        return [row[0] for row in self.db.execute("SELECT name FROM networks ORDER BY name")]
 
     def set_meta(self, name: str, value: int) -> None:
         self.db.execute(
