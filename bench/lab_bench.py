@@ -11,26 +11,21 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from lab.ansible import LabSpec, playbook
+
 PREFIX, SUBNET = "sgb", "198.18.200.0/24"
 
 
-def playbook(inventory: Path, name: str, size: int) -> tuple[float, str]:
-    binary = shutil.which("ansible-playbook") or str(ROOT / ".venv" / "bin" / "ansible-playbook")
-    args = [binary, "-i", str(inventory), str(ROOT / "playbooks" / name)]
-    for setting in (f"lab_prefix={PREFIX}", f"lab_subnet={SUBNET}", f"lab_inventory={inventory}", f"lab_size={size}"):
-        args += ["-e", setting]
+def timed(lab: LabSpec, name: str) -> tuple[float, str]:
     started = time.monotonic()
-    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    result = playbook(lab, name)
     if result.returncode != 0:
-        sys.exit(f"{name} failed for {size} hosts:\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}")
+        sys.exit(f"{name} failed for {lab.size} hosts:\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}")
     return time.monotonic() - started, result.stdout
 
 
@@ -95,15 +90,15 @@ def main() -> None:
     print(f"{'hosts':>6} {'site.yml s':>11} {'re-run s':>9} {'re-run changed':>15} {'MiB/host':>9} {'lab-down s':>11}")
     for size in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(prefix="sgl-bench-") as tmp:
-            inventory = Path(tmp) / "hosts.yml"
-            shutil.copytree(ROOT / "inventories" / "local" / "group_vars", Path(tmp) / "group_vars")
-            playbook(inventory, "lab-down.yml", size)
+            lab = LabSpec(PREFIX, SUBNET, size, Path(tmp) / "hosts.yml")
+            lab.prepare()
+            timed(lab, "lab-down.yml")
             try:
-                up, _ = playbook(inventory, "site.yml", size)
-                again, output = playbook(inventory, "site.yml", size)
+                up, _ = timed(lab, "site.yml")
+                again, output = timed(lab, "site.yml")
                 memory = host_memory_mib()
             finally:
-                down, _ = playbook(inventory, "lab-down.yml", size)
+                down, _ = timed(lab, "lab-down.yml")
             print(f"{size:>6} {up:>11.1f} {again:>9.1f} {changed(output):>15} {memory:>9.1f} {down:>11.1f}", flush=True)
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from lab.ansible import LabSpec, playbook
+
 pytestmark = [
     pytest.mark.lab,
     pytest.mark.skipif(os.geteuid() != 0, reason="the local lab needs root"),
@@ -21,21 +23,12 @@ pytestmark = [
                        reason="ansible-core not installed"),
 ]  # fmt: skip
 
-ROOT = Path(__file__).resolve().parents[2]
 PREFIX, SUBNET, SIZE = "sgt", "198.18.128.0/24", 8
 KEY = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA="  # a fixed test key (base64 of 32 bytes)
 
 
-def playbook(inventory: Path, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    binary = shutil.which("ansible-playbook") or str(ROOT / ".venv" / "bin" / "ansible-playbook")
-    settings = [f"lab_prefix={PREFIX}", f"lab_subnet={SUBNET}", f"lab_inventory={inventory}", f"lab_size={SIZE}"]
-    args = [binary, "-i", str(inventory), str(ROOT / "playbooks" / name)]
-    for setting in settings:
-        args += ["-e", setting]
-    args += extra
-    print("$", " ".join(args))
-    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                            env={**os.environ, "ANSIBLE_FORCE_COLOR": "0"})  # fmt: skip
+def run(inventory: Path, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    result = playbook(LabSpec(PREFIX, SUBNET, SIZE, inventory), name, *extra, timeout=900)
     print(result.stdout[-6000:], result.stderr[-3000:])
     return result
 
@@ -49,18 +42,17 @@ def recap(output: str) -> dict[str, dict[str, int]]:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("lab")
-    inventory = workdir / "hosts.yml"
-    shutil.copytree(ROOT / "inventories" / "local" / "group_vars", workdir / "group_vars")
+    inventory = tmp_path_factory.mktemp("lab") / "hosts.yml"
+    LabSpec(PREFIX, SUBNET, SIZE, inventory).prepare()
     keys = json.dumps({"gossip_agent_keys": [KEY]})
     try:
-        first = playbook(inventory, "site.yml", "-e", keys)
+        first = run(inventory, "site.yml", "-e", keys)
         assert first.returncode == 0, "site.yml failed from nothing"
-        second = playbook(inventory, "site.yml", "-e", keys)
+        second = run(inventory, "site.yml", "-e", keys)
         assert second.returncode == 0, "site.yml failed on the re-run"
         yield inventory, first, second
     finally:
-        down = playbook(inventory, "lab-down.yml")
+        down = run(inventory, "lab-down.yml")
         assert down.returncode == 0, "lab-down.yml failed"
 
 
@@ -130,7 +122,7 @@ def test_rolling_config_change_keeps_every_entry(lab):
     assert all_hosts["h01"].run(f"{ctl} churn lab --count 100 --prefix roll-").rc == 0
     change = json.dumps({"gossip_agent_keys": [KEY], "gossip_agent_serial": 3,
                          "gossip_agent_protocol": {"bulk_sync_interval": 9}})  # fmt: skip
-    result = playbook(inventory, "deploy.yml", "-e", change)
+    result = run(inventory, "deploy.yml", "-e", change)
     assert result.returncode == 0
     assert result.stdout.count("PLAY [Deploy the scoped gossip agent]") == 3  # batches of 3, 3, 2
     assert all(counts["changed"] > 0 for host, counts in recap(result.stdout).items() if host != "localhost")
@@ -143,7 +135,7 @@ def test_rolling_config_change_keeps_every_entry(lab):
 
 def test_lab_down_leaves_nothing(lab):
     inventory, _, _ = lab
-    down = playbook(inventory, "lab-down.yml")
+    down = run(inventory, "lab-down.yml")
     assert down.returncode == 0
     assert not [ns for ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
                 if ns.startswith(f"{PREFIX}-")]  # fmt: skip
@@ -153,5 +145,5 @@ def test_lab_down_leaves_nothing(lab):
     assert f"scoped-gossip-lab/{PREFIX}" not in processes
     assert not Path(f"/var/lib/scoped-gossip-lab/{PREFIX}").exists()
     assert not inventory.exists()
-    again = playbook(inventory, "lab-down.yml")  # safe to re-run
+    again = run(inventory, "lab-down.yml")  # safe to re-run
     assert again.returncode == 0
