@@ -46,15 +46,17 @@ async def experiment(inventory: str, endpoints: int, seed: int, partition_second
     names = sorted(h.name for h in hosts)
     say(f"seed {seed}; {len(names)} hosts from {inventory}")
     async with Fleet(hosts) as fleet:
-        nemesis = Nemesis(fleet, rng)
+        nemesis = Nemesis(fleet)
         await nemesis.heal_all()
         try:
-            return await _run(fleet, nemesis, names, endpoints, partition_seconds)
+            return await _run(fleet, nemesis, rng, names, endpoints, partition_seconds)
         finally:
             await nemesis.heal_all()
 
 
-async def _run(fleet: Fleet, nemesis: Nemesis, names: list[str], endpoints: int, hold: float) -> dict[str, Any]:
+async def _run(
+    fleet: Fleet, nemesis: Nemesis, rng: random.Random, names: list[str], endpoints: int, hold: float
+) -> dict[str, Any]:
     networks = plan_networks(names)
     # A clean start: leave the networks of a previous run, then join this run's.
     attached = await fleet.each(lambda name: fleet.ctl(name, "networks"))
@@ -76,7 +78,7 @@ async def _run(fleet: Fleet, nemesis: Nemesis, names: list[str], endpoints: int,
     writes = []
     for network, members in networks.items():
         sides = [[m for m in members if m in half] for half in halves]
-        writers = [side[0] for side in sides if side]  # one writer on each side of the partition
+        writers = [rng.choice(side) for side in sides if side]  # one writer on each side, chosen by the seed
         for i, writer in enumerate(writers):
             count = per_network // len(writers) + (1 if i < per_network % len(writers) else 0)
             writes.append(churn.create(writer, network, count, f"{writer}-", rate=1500.0))

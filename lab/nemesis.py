@@ -4,7 +4,6 @@ call at any time (scenarios call it in `finally`)."""
 
 from __future__ import annotations
 
-import random
 import shlex
 
 from .fleet import Fleet
@@ -30,9 +29,8 @@ def _ruleset(blocked: list[str], loss_percent: int = 0) -> str:
 
 
 class Nemesis:
-    def __init__(self, fleet: Fleet, rng: random.Random) -> None:
+    def __init__(self, fleet: Fleet) -> None:
         self.fleet = fleet
-        self.rng = rng
         self.log: list[dict[str, object]] = []
 
     async def _apply(self, host: str, ruleset: str) -> None:

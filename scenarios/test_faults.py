@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -21,7 +20,7 @@ async def _on_fresh_network(inventory: str, network: str, body: Callable[..., Aw
     """Attach every host to `network`, run `body(fleet, checker, nemesis)`, always heal."""
     fleet = Fleet(load(inventory))
     await fleet.connect()
-    nemesis = Nemesis(fleet, random.Random(3))
+    nemesis = Nemesis(fleet)
     try:
         names = sorted(fleet.hosts)
         await fleet.each(lambda name: fleet.ctl(name, "attach", network))

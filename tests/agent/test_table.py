@@ -117,3 +117,28 @@ def test_absorb_skips_owners_that_are_gone_and_keeps_their_watermark_low():
     sync(src, dst, ok=lambda owner: owner != "dead")
     assert not list(dst.visible())
     assert "dead" not in dst.watermarks
+
+
+def test_withdrawn_owner_reports_no_watermark_and_is_not_raised_by_a_peer_that_withdrew_too():
+    # Two nodes that both withdrew an owner agree on its (empty) visible set; neither may
+    # conclude it is complete for that owner, or a sync with a node that still has the owner's
+    # entries would send nothing back (found by the 30-host headline run).
+    a, b = NetworkTable("net"), NetworkTable("net")
+    for t in (a, b):
+        for i in range(1, 4):
+            t.apply(ev(f"k{i}", "o", i), 0)
+        t.watermarks["o"] = 3
+        t.withdraw_owner("o", 1)
+    b.watermarks["o"] = 3  # as if b's mark had been raised while withdrawn
+    assert a.sync_digest()["o"] == (0, 0)
+    assert b.sync_digest()["o"] == (0, 0)
+    events, full = b.delta_for(a.sync_digest())
+    a.absorb(events, {"o": (3, 0)}, full, 2.0, lambda owner: True)
+    assert "o" not in a.watermarks
+    full_copy = NetworkTable("net")
+    for i in range(1, 4):
+        full_copy.apply(ev(f"k{i}", "o", i), 0)
+    full_copy.watermarks["o"] = 3
+    sync(full_copy, a)
+    assert {k for k, _, _ in view(a)} == {"k1", "k2", "k3"}
+    assert a.watermarks["o"] == 3

@@ -133,6 +133,18 @@ def test_rolling_config_change_keeps_every_entry(lab):
         assert "bulk_sync_interval" in host.check_output("cat /etc/gossip-agent/agent.yaml")
 
 
+def test_another_lab_coming_and_going_leaves_this_one_private(lab, tmp_path):
+    # Removing the mount-point directories while a lab is up would unmount them in its hosts.
+    other = LabSpec("sgu", "198.18.130.0/24", 1, tmp_path / "hosts.yml")
+    other.prepare()
+    assert playbook(other, "lab-up.yml").returncode == 0
+    assert playbook(other, "lab-down.yml").returncode == 0
+    inventory, _, _ = lab
+    for name, host in hosts(inventory).items():
+        assert f"node_name: {name}" in host.check_output("cat /etc/gossip-agent/agent.yaml")
+        assert host.run("mountpoint -q /etc/gossip-agent").rc == 0
+
+
 def test_lab_down_leaves_nothing(lab):
     inventory, _, _ = lab
     down = run(inventory, "lab-down.yml")

@@ -99,10 +99,22 @@ class Lab:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             return False
-        return self.netns(i).encode() in cmdline or b"unshare" in cmdline
+        # The host's unshare carries its own sshd config path: a reused PID cannot match.
+        return b"unshare" in cmdline and str(self.dir(i) / "ssh" / "sshd_config").encode() in cmdline
+
+    def mounts_ok(self, i: int) -> bool:
+        """The host's private directories are still mounted (see remove_all for how they vanish)."""
+        pid = int((self.dir(i) / "host.pid").read_text())
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            mountinfo = Path(f"/proc/{children[0]}/mountinfo").read_text()
+        except (OSError, IndexError):
+            return False
+        targets = {line.split()[4] for line in mountinfo.splitlines()}
+        return set(PRIVATE_DIRS.values()) <= targets
 
     def healthy(self, i: int) -> bool:
-        if self.netns(i) not in self.existing_namespaces() or not self.pid_alive(i):
+        if self.netns(i) not in self.existing_namespaces() or not self.pid_alive(i) or not self.mounts_ok(i):
             return False
         addrs = run("ip", "-n", self.netns(i), "-br", "addr", "show", "eth0", check=False).stdout
         return f"{self.ip(i)}/" in addrs and self.sshd_answers(i, 0.5)
@@ -226,10 +238,13 @@ exec /usr/sbin/sshd -D -e -f {config}
         try:
             self.state.parent.rmdir()  # the labs' common parent, once no lab is left in it
         except OSError:
-            pass
+            return  # another lab is still up: its hosts' bind mounts sit on the mount points
+        # Only now the empty mount points this module made may go: removing a directory that is
+        # a mount point in another mount namespace silently unmounts it there (Linux >= 3.18),
+        # which would make every host of another lab share the controller's directory.
         for point in ("/etc/gossip-agent", "/var/lib/gossip-agent"):
             try:
-                Path(point).rmdir()  # only the empty mount points this module made
+                Path(point).rmdir()
             except OSError:
                 pass
 

@@ -503,6 +503,10 @@ class Node:
             self.count(f"streams_failed_{pending.kind}")
             if pending.why == "join" and state is not None:
                 state.needs_join_sync = True  # try another member on the next tick
+            if pending.why == "return" and state is not None and pending.peer is not None:
+                # The returner may still be unreachable (a heal reaches hosts one by one): retry.
+                if self.membership.state_of(pending.peer) in LIVE:
+                    state.returned.add(pending.peer)
             return
         try:
             _, msg = decode_frame(data, self.config.max_frame_bytes)

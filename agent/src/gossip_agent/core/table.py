@@ -72,6 +72,9 @@ class NetworkTable:
         # Highest Lamport time of a reaped tombstone per owner: a peer whose watermark is below it
         # may still hold the deleted entry, so it gets that owner's entries in full.
         self.reaped: dict[str, int] = {}
+        # Owners with withdrawn entries, and how many: for them we are not complete, whatever
+        # our watermark said, so we report mark 0 and do not raise it (see sync_digest/absorb).
+        self._withdrawn: dict[str, int] = {}
         self.digest = 0
         self.count = 0  # stored versions that count in the digest (live entries and tombstones)
 
@@ -94,6 +97,10 @@ class NetworkTable:
             self._owner_hash[owner] ^= entry.hash
             self.digest ^= entry.hash
             self.count -= 1
+        elif self._withdrawn[owner] == 1:
+            del self._withdrawn[owner]
+        else:
+            self._withdrawn[owner] -= 1
         bucket = self._by_owner[owner]
         del bucket[key]
         if not bucket:
@@ -107,6 +114,8 @@ class NetworkTable:
             self._owner_hash[owner] = self._owner_hash.get(owner, 0) ^ entry.hash
             self.digest ^= entry.hash
             self.count += 1
+        else:
+            self._withdrawn[owner] = self._withdrawn.get(owner, 0) + 1
 
     def apply(self, event: TableEvent, now: float) -> Change | None:
         """Merge one version; returns the change (stored), or None when ours is as new or newer.
@@ -167,7 +176,9 @@ class NetworkTable:
 
     def sync_digest(self) -> OwnerDigest:
         owners = set(self.watermarks) | {o for o, h in self._owner_hash.items() if o in self._by_owner}
-        return {o: (self.watermarks.get(o, 0), self._owner_hash.get(o, 0)) for o in owners}
+        return {
+            o: (0 if o in self._withdrawn else self.watermarks.get(o, 0), self._owner_hash.get(o, 0)) for o in owners
+        }
 
     def delta_for(self, peer: OwnerDigest) -> tuple[list[TableEvent], list[str]]:
         """Entries a peer with digest `peer` lacks, and the owners sent in full."""
@@ -213,6 +224,8 @@ class NetworkTable:
                     if entry.visible:
                         changes.append(Change(self.network, key[0], key[1], entry.event, None, now))
         for owner, (mark, _) in peer.items():
-            if mark > self.watermarks.get(owner, 0) and owner_ok(owner):
+            # Still holding withdrawn entries of this owner means the peer did not send them all
+            # back (its set equals our visible part): raising the mark would hide them for good.
+            if mark > self.watermarks.get(owner, 0) and owner_ok(owner) and owner not in self._withdrawn:
                 self.watermarks[owner] = mark
         return changes
