@@ -79,6 +79,9 @@ def test_crash_restart_and_graceful_leave(cluster):
     assert leaver.wait() == 0
     for agent in others[:3]:
         wait_for(lambda a=agent: a.states().get("a05") == "left", 10, f"{agent.name} to see a05 as left")
+    leaver.start()  # a graceful restart: the new life must overturn the leave of the old one
+    for agent in others[:3]:
+        wait_for(lambda a=agent: a.states().get("a05") == "alive", 15, f"{agent.name} to see a05 back")
 
 
 def test_garbage_datagrams_and_streams_are_counted_not_fatal(cluster):

@@ -42,6 +42,33 @@ def test_suspicion_of_ourselves_is_refuted_with_a_higher_incarnation():
     assert m.incarnation == 6
 
 
+def test_our_own_leave_from_a_former_life_is_refuted():
+    m = member_view("a")
+    m.on_leave(Leave("me", 0), 1.0)  # a peer's push-pull still holds our leave before a restart
+    assert m.incarnation == 1
+    assert m.take_broadcasts() == [Alive("me", 1, ("10.0.0.1", 1))]
+    m.leave(2.0)
+    m.take_broadcasts()
+    m.on_leave(Leave("me", 1), 3.0)  # while we are leaving, our own leave is not refuted
+    assert m.take_broadcasts() == []
+
+
+def test_local_health_stretches_probing_when_we_look_slow_and_recovers_on_acks():
+    m = member_view("a", "b", "c", "d")
+    assert m.awareness == 0
+    m.on_suspect(Suspect("me", 0, "a"), 1.0)  # refuting says: we may be the slow one
+    assert m.awareness == 1
+    m.tick(m.next_probe_at)
+    (addr, ping), *_ = m.take_outbox()
+    started = m.next_probe_at - 2 * CONFIG.probe_interval  # the probe interval doubled
+    assert m.next_deadline() == pytest.approx(started + 2 * CONFIG.probe_timeout)
+    m.on_ack(Ack(ping.seq))
+    assert m.awareness == 0
+    for _ in range(20):
+        m.health(+1)
+    assert m.awareness == CONFIG.awareness_max - 1
+
+
 def test_stale_messages_do_not_change_a_member():
     m = member_view("a")
     m.on_alive(Alive("a", 3, ("10.0.0.9", 0)), 1.0)

@@ -25,6 +25,9 @@ class Config:
     # Maximum suspicion timeout = suspicion_max_timeout_mult * minimum; without independent
     # confirmations a suspect waits longer, each confirmation shortens it towards the minimum.
     suspicion_max_timeout_mult: float = 6.0
+    # Lifeguard's local health: probe interval and timeout stretch up to this many times while
+    # this node itself looks slow (missed acks and nacks, refuted suspicions, a stalled loop).
+    awareness_max: int = 8
     # Seconds between full membership exchanges (push-pull over a stream) with one random member.
     push_pull_interval: float = 30.0
     # Seconds between attempts to reach one random dead member, so a healed partition merges.

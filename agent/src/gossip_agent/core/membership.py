@@ -97,6 +97,8 @@ class _Probe:
     started: float
     indirect_sent: bool = False
     acked: bool = False
+    expected_nacks: int = 0
+    nacks: int = 0
 
 
 @dataclass(slots=True)
@@ -128,6 +130,10 @@ class Membership:
         self._broadcasts: list[Message] = []
         self.changes: list[MemberChange] = []
         self.alive_count = 1
+        # Lifeguard's local health awareness: 0 is healthy. A node that misses acks it should have
+        # had, or hears it is suspected, is likely the slow one (a busy CPU, a blocked loop); it
+        # then probes less often and waits longer, instead of accusing healthy peers.
+        self.awareness = 0
 
     # --- outputs ------------------------------------------------------------------------------
 
@@ -155,13 +161,18 @@ class Membership:
     def snapshot(self) -> list[MemberState]:
         return [MemberState(m.name, m.addr, m.incarnation, int(m.state)) for m in self.members.values()]
 
+    def _scaled(self, seconds: float) -> float:
+        return seconds * (1 + self.awareness)
+
+    def health(self, delta: int) -> None:
+        """Move the local health score; the daemon also calls this when its loop was stalled."""
+        self.awareness = min(max(0, self.awareness + delta), self.config.awareness_max - 1)
+
     def next_deadline(self) -> float:
         times = [self.next_probe_at, self.next_reconnect_at]
         if self._probe is not None and not self._probe.acked:
-            times.append(
-                self._probe.started
-                + (self.config.probe_timeout if not self._probe.indirect_sent else self.config.probe_interval)
-            )
+            wait = self.config.probe_timeout if not self._probe.indirect_sent else self.config.probe_interval
+            times.append(self._probe.started + self._scaled(wait))
         times.extend(s.deadline for s in self._suspicions.values())
         times.extend(r.deadline for r in self._relayed.values())
         return min(times)
@@ -183,6 +194,7 @@ class Membership:
         self.changes.append(MemberChange(member.name, old, new, now))
 
     def _refute(self, incarnation: int) -> None:
+        self.health(+1)  # someone could not reach us in time: we are likely the slow one
         self.incarnation = max(self.incarnation, incarnation) + 1
         me = self.members[self.name]
         me.incarnation = self.incarnation
@@ -253,8 +265,13 @@ class Membership:
         self._broadcasts.append(msg)
 
     def on_leave(self, msg: Leave, now: float) -> None:
+        if msg.node == self.name:
+            # Our leave from a former life (we restarted at the same incarnation): we are back.
+            if msg.incarnation >= self.incarnation and not self.leaving:
+                self._refute(msg.incarnation)
+            return
         member = self.members.get(msg.node)
-        if msg.node == self.name or member is None or msg.incarnation < member.incarnation:
+        if member is None or msg.incarnation < member.incarnation:
             return
         if member.state == State.LEFT:
             return
@@ -310,7 +327,7 @@ class Membership:
     def tick(self, now: float) -> None:
         self._check_probe(now)
         if now >= self.next_probe_at and not self.leaving:
-            self.next_probe_at = now + self.config.probe_interval
+            self.next_probe_at = now + self._scaled(self.config.probe_interval)
             self._start_probe(now)
         for name, suspicion in list(self._suspicions.items()):
             if now >= suspicion.deadline:
@@ -339,13 +356,17 @@ class Membership:
         if target is None or target.state not in LIVE:
             self._probe = None
             return
-        if not probe.indirect_sent and now >= probe.started + self.config.probe_timeout:
+        if not probe.indirect_sent and now >= probe.started + self._scaled(self.config.probe_timeout):
             probe.indirect_sent = True
             helpers = [m for m in self.live_peers() if m.name != probe.target and m.state == State.ALIVE]
-            for helper in self.rng.sample(helpers, min(self.config.indirect_checks, len(helpers))):
+            chosen = self.rng.sample(helpers, min(self.config.indirect_checks, len(helpers)))
+            probe.expected_nacks = len(chosen)
+            for helper in chosen:
                 self._send(helper.addr, IndirectPing(probe.seq, target.name, target.addr))
-        if now >= probe.started + self.config.probe_interval:
+        if now >= probe.started + self._scaled(self.config.probe_interval):
             self._probe = None
+            # Helpers that did not even nack did not hear us or we did not hear them: our fault.
+            self.health(max(1, probe.expected_nacks - probe.nacks) if probe.expected_nacks else 1)
             self.on_suspect(Suspect(target.name, target.incarnation, self.name), now)
 
     def on_ping(self, msg: Ping, sender_addr: Address) -> None:
@@ -362,12 +383,14 @@ class Membership:
         if relayed is not None:
             self._send(relayed.requester, Ack(relayed.requester_seq))
             return
-        if self._probe is not None and self._probe.seq == msg.seq:
+        if self._probe is not None and self._probe.seq == msg.seq and not self._probe.acked:
             self._probe.acked = True
+            self.health(-1)
 
     def on_nack(self, msg: Nack) -> None:
-        # Lifeguard uses nacks to judge our own health; we only note that the helper is alive.
-        return
+        # A helper answered in time that the target did not: the helper and we are healthy.
+        if self._probe is not None and self._probe.seq == msg.seq:
+            self._probe.nacks += 1
 
     # --- dead members -------------------------------------------------------------------------
 

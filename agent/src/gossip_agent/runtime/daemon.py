@@ -42,7 +42,9 @@ class Agent:
             random.Random(),
             self.loop.time(),
             lamport=self.journal.meta("lamport"),
-            incarnation=self.journal.meta("incarnation"),
+            # A new life: peers may hold our graceful leave or our death at the saved incarnation,
+            # which an Alive at the same one could not overturn.
+            incarnation=self.journal.meta("incarnation") + 1,
         )
         self.transport = Transport(
             config.bind_addr,
@@ -54,8 +56,12 @@ class Agent:
             config.protocol.max_frame_bytes,
             config.protocol.stream_timeout,
         )
-        self._timer: asyncio.TimerHandle | None = None
+        # Our own record of when the timer fires: uvloop returns a plain Handle, without when(),
+        # for a time already past.
+        self._timer: asyncio.Handle | None = None
+        self._timer_at = 0.0
         self._saved_incarnation = self.node.membership.incarnation
+        self.journal.set_meta("incarnation", self._saved_incarnation)  # the next life starts above it
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stopping = asyncio.Event()
         self.started_wall = time.time()
@@ -85,7 +91,13 @@ class Agent:
 
     def _tick(self) -> None:
         self._timer = None
-        self.node.tick(self.now())
+        now = self.now()
+        if now - self._timer_at > self.node.config.probe_timeout:
+            # The loop was blocked (a huge sync, a starved CPU): acks may sit unread in the
+            # socket, so missed ones prove nothing about peers. Lifeguard: distrust ourselves.
+            self.node.membership.health(+1)
+            self.node.count("loop_stalls")
+        self.node.tick(now)
         self._pump()
 
     def _pump(self) -> None:
@@ -102,10 +114,11 @@ class Agent:
             self.journal.set_meta("incarnation", self._saved_incarnation)
         if not self.stopping.is_set():
             deadline = node.next_deadline()
-            if self._timer is None or self._timer.when() > deadline + 0.001:
+            if self._timer is None or self._timer_at > deadline + 0.001:
                 if self._timer is not None:
                     self._timer.cancel()
-                self._timer = self.loop.call_at(max(deadline, self.now()), self._tick)
+                self._timer_at = max(deadline, self.now())
+                self._timer = self.loop.call_at(self._timer_at, self._tick)
 
     async def _stream(self, request: StreamRequest) -> None:
         reply = await self.transport.request(request.addr, request.frame)
