@@ -383,6 +383,7 @@ class Node:
         table = state.table
         if msg.digest == table.digest:
             state.mismatch_rounds = 0
+            state.returned.discard(sender)  # a returner whose table equals ours: no sync needed
             return
         state.mismatch_rounds += 1
         behind = msg.count > table.count + self.config.digest_pull_threshold
@@ -480,6 +481,10 @@ class Node:
                 reply = SyncResponse(msg.network, tuple(events), state.table.sync_digest(), tuple(full), True)
         elif isinstance(msg, SyncPush):
             self._absorb(msg.network, msg.entries, msg.digest, msg.full_owners, now)
+            state = self.networks.get(msg.network)
+            if state is not None and self.owner_ok(msg.network, sender):
+                # A returner synced with us and pushed what we lacked: our sync with it is done.
+                state.returned.discard(sender)
             reply = StreamAck()
         else:
             self.count("dropped_stream_unexpected")
@@ -546,6 +551,11 @@ class Node:
             return
         received = {(e.table, e.key, e.lamport) for e in msg.entries}
         self._absorb(msg.network, msg.entries, msg.digest, msg.full_owners, now)
+        if pending.why == "return":
+            # One returner's table holds what its side has (a heal brings a whole side back):
+            # syncing with each of them again would mostly fetch the same entries. Whatever only
+            # another returner holds reaches us by its own sync with us or by a digest pull.
+            state.returned.clear()
         events, full = state.table.delta_for(msg.digest)
         events = [e for e in events if (e.table, e.key, e.lamport) not in received]
         addr = self.address_of(pending.peer) if pending.peer else None
