@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -247,7 +248,8 @@ class Api:
         node = self.agent.node
         return [
             {"network": name, "members": sorted([node.name, *node.peers_in(name)]),
-             "entries": sum(1 for _ in state.table.visible()), "queue": len(state.queue)}
+             "entries": sum(1 for _ in state.table.visible()), "queue": len(state.queue),
+             "digest": f"{state.table.digest:016x}"}
             for name, state in sorted(node.networks.items())
         ]  # fmt: skip
 
@@ -305,6 +307,8 @@ class Api:
             "node": node.name,
             "lamport": node.clock.time,
             "incarnation": node.membership.incarnation,
+            "cpu_seconds": round(time.process_time(), 3),  # of the agent process, user + system
+            "awareness": node.membership.awareness,  # Lifeguard local health: 0 is healthy
             "counters": dict(sorted(node.stats.items())),
             "queues": {"cluster": len(node.cluster_queue), **{n: len(s.queue) for n, s in node.networks.items()}},
         }
