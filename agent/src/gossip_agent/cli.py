@@ -18,6 +18,7 @@ from typing import Any
 
 from . import __version__
 from .sim import CrashSpec, OptionError, PartitionSpec, SimOptions, Simulator, WorkloadSpec, spread_networks
+from .sim.partitions import SHAPES as PARTITION_SHAPES
 
 
 class CliError(Exception):
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="SHAPE:STARTs-ENDs[:asym]",
-        help="a partition (halves, majority, ring, bridge, isolate), e.g. halves:5s-15s; repeatable",
+        help=f"a partition ({', '.join(PARTITION_SHAPES)}), e.g. halves:5s-15s; repeatable",
     )
     sim.add_argument(
         "--crash",

@@ -7,7 +7,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-PARTITION_SHAPES = ("halves", "majority", "ring", "bridge", "isolate")
+from .partitions import SHAPES as PARTITION_SHAPES
 
 
 class OptionError(ValueError):
@@ -16,7 +16,7 @@ class OptionError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class PartitionSpec:
-    shape: str  # halves | majority | ring | bridge | isolate
+    shape: str  # one of partitions.SHAPES
     start: float  # virtual seconds
     end: float
     symmetric: bool = True  # False: only traffic from the first group to the rest is dropped
@@ -30,7 +30,7 @@ class PartitionSpec:
     @classmethod
     def parse(cls, text: str) -> PartitionSpec:
         """`halves:5s-15s`, `isolate:2-8:asym`."""
-        match = re.fullmatch(r"(\w+):([\d.]+)s?-([\d.]+)s?(?::(sym|asym))?", text.strip())
+        match = re.fullmatch(r"([a-z-]+):([\d.]+)s?-([\d.]+)s?(?::(sym|asym))?", text.strip())
         if not match:
             raise OptionError(f"partition {text!r} is not SHAPE:STARTs-ENDs[:sym|asym], e.g. halves:5s-15s")
         shape, start, end, kind = match.groups()
@@ -68,6 +68,7 @@ class WorkloadSpec:
     writers: int = 0  # how many members write (spread evenly); 0: every member
     delete_fraction: float = 0.0  # of the created entries, deleted after `delete_after` seconds
     delete_after: float = 2.0
+    prefix: str = "ep-"  # keys are PREFIX000000, PREFIX000001, ...; distinct prefixes never collide
 
     def __post_init__(self) -> None:
         if self.creates < 0 or self.rate < 0 or self.writers < 0:

@@ -24,6 +24,7 @@ from ..core.table import Change
 from ..core.wire import Address, NodeNetwork, TableEvent
 from .checker import GroundTruth, Observer, compare, percentile
 from .options import OptionError, PartitionSpec, SimOptions
+from .partitions import partition
 
 PORT = 7946
 TICK, DATAGRAM, STREAM_REQUEST, STREAM_REPLY, CALL = range(5)
@@ -149,7 +150,8 @@ class Simulator:
 
     def _new_node(self, name: str, journal: _Journal | None = None) -> Node:
         rng = random.Random(self.rng.getrandbits(64))
-        lamport, incarnation = (journal.lamport, journal.incarnation) if journal else (0, 0)
+        # A restarted node starts a new life one incarnation up, as the daemon does.
+        lamport, incarnation = (journal.lamport, journal.incarnation + 1) if journal else (0, 0)
         node = Node(
             name,
             self.addresses[name],
@@ -203,7 +205,7 @@ class Simulator:
             for i in range(spec.creates):
                 at = spec.start + (i / spec.rate if spec.rate else 0.0)
                 writer = writers[i % len(writers)]
-                key = f"ep-{i:06d}"
+                key = f"{spec.prefix}{i:06d}"
                 keys.append((writer, key, at))
                 value = f"198.19.{(i >> 8) & 255}.{i & 255}/16 02:42:c6:13:{(i >> 8) & 255:02x}:{i & 255:02x}".encode()
                 self.call_at(at, self._writer(writer, spec.network, key, value))
@@ -238,38 +240,8 @@ class Simulator:
     def _partition_blocker(self, spec: PartitionSpec) -> tuple[Blocker, list[list[str]]]:
         names = list(self.names)
         self.rng.shuffle(names)
-        n = len(names)
-        side: dict[str, int] = {}
-        if spec.shape == "ring":
-            position = {name: i for i, name in enumerate(names)}
-            reach = max(1, math.ceil((n // 2) / 2))
-
-            def ring(src: str, dst: str) -> bool:
-                d = abs(position[src] - position[dst])
-                return min(d, n - d) > reach
-
-            return ring, [names]
-        if spec.shape == "halves":
-            groups = [names[: n // 2], names[n // 2 :]]
-        elif spec.shape == "majority":
-            groups = [names[: n // 2 + 1], names[n // 2 + 1 :]]
-        elif spec.shape == "isolate":
-            groups = [names[:1], names[1:]]
-        else:  # bridge: two halves, one node in neither that reaches both
-            bridge, rest = names[0], names[1:]
-            groups = [rest[: len(rest) // 2], rest[len(rest) // 2 :], [bridge]]
-        for index, group in enumerate(groups):
-            for name in group:
-                side[name] = index
-        bridge_side = 2 if spec.shape == "bridge" else -1
-
-        def blocked(src: str, dst: str) -> bool:
-            a, b = side[src], side[dst]
-            if a == b or a == bridge_side or b == bridge_side:
-                return False
-            return spec.symmetric or a == 0
-
-        return blocked, groups
+        cut = partition(spec.shape, names, spec.symmetric)
+        return cut.blocked, cut.groups
 
     def _schedule_faults(self) -> None:
         for spec in self.options.partitions:
@@ -518,6 +490,7 @@ class Simulator:
                 "bytes_out_per_node": stats.get("bytes_out", 0) / node_count,
                 "datagrams_out_per_node": stats.get("datagrams_out", 0) / node_count,
                 "copies_per_event_per_node": received / max(1, needed),
+                "sync_copies_per_event_per_node": stats.get("sync_entries_in", 0) / max(1, needed),
                 "duplicate_events": stats.get("events_duplicate", 0),
                 "syncs": {k[6:]: v for k, v in stats.items() if k.startswith("syncs_")},
             },
