@@ -51,7 +51,7 @@ class Checker:
         self.latencies: list[float] = []  # of the last verdict, for the latency plot
 
     async def _out_of_scope(self) -> dict[str, int]:
-        stats = await self.fleet.each(lambda name: self.fleet.ctl(name, "stats"))
+        stats = await self.fleet.each(lambda name: self.fleet.api(name, "GET", "/stats"))
         return {h: s["counters"].get("dropped_out_of_scope", 0) for h, s in stats.items()}
 
     async def baseline(self) -> None:
@@ -59,61 +59,84 @@ class Checker:
         self._out_of_scope_before = await self._out_of_scope()
 
     async def membership_converged(self) -> bool:
-        views = await self.fleet.each(lambda name: self.fleet.ctl(name, "members"))
+        views = await self.fleet.each(lambda name: self.fleet.api(name, "GET", "/members"))
         everyone = set(self.fleet.hosts)
         return all({m["name"] for m in view if m["state"] == "alive"} == everyone for view in views.values())
 
-    async def counts(self) -> dict[str, dict[str, int]]:
-        async def of(name: str) -> dict[str, int]:
-            return {n["network"]: n["entries"] for n in await self.fleet.ctl(name, "networks")}
+    async def tables(self) -> dict[str, dict[str, tuple[int, str]]]:
+        """member host -> network -> (visible entries, table digest), one cheap API call per host."""
 
-        return await self.fleet.each(of)
+        async def of(name: str) -> dict[str, tuple[int, str]]:
+            return {n["network"]: (n["entries"], n["digest"]) for n in await self.fleet.api(name, "GET", "/networks")}
+
+        # Only members are asked: a host outside (paused, say) must not hold up the answer.
+        return await self.fleet.each(of, sorted(set().union(*self.members.values())))
 
     async def converged(self, expected: dict[str, set[str]]) -> bool:
-        counts = await self.counts()
-        return all(counts[host].get(net) == len(expected[net]) for net, hosts in self.members.items() for host in hosts)
+        """Every member holds as many entries as the truth and the same table (equal digests,
+        which also covers tombstones); the final verdict compares the keys themselves."""
+        tables = await self.tables()
+        for net, hosts in self.members.items():
+            held = {tables[host].get(net, (-1, "")) for host in hosts}
+            if len(held) != 1 or next(iter(held))[0] != len(expected.get(net, ())):
+                return False
+        return True
 
     async def fractions(self, expected_counts: dict[str, int]) -> dict[str, float]:
         """Per network, the share of (member, entry) pairs held now (entry counts, capped)."""
-        counts = await self.counts()
+        tables = await self.tables()
         result = {}
         for net, hosts in self.members.items():
             want = expected_counts[net] * len(hosts)
-            have = sum(min(counts[h].get(net, 0), expected_counts[net]) for h in hosts)
+            have = sum(min(tables[h].get(net, (0, ""))[0], expected_counts[net]) for h in hosts)
             result[net] = have / want if want else 1.0
         return result
 
-    async def verdict(self, expected: dict[str, set[str]]) -> dict[str, Any]:
-        """Full table comparison on every member, scope check on every non-member."""
+    async def verdict(
+        self, expected: dict[str, set[str]], deleted: dict[str, set[str]] | None = None, left: set[str] = frozenset()
+    ) -> dict[str, Any]:
+        """Full table comparison on every member, scope check on every non-member. An unexpected
+        key that was deleted is also counted as resurrected. Hosts in `left` detached from a
+        network during the run: the rumours still in flight to them are dropped there, which is
+        the scope guard working, so their drops are reported apart and do not fail the verdict."""
         missing: dict[str, dict[str, int]] = {}
         unexpected: dict[str, dict[str, int]] = {}
+        resurrected: dict[str, dict[str, int]] = {}
         latencies: list[float] = []
         for network, hosts in self.members.items():
-            dumps = await self.fleet.each(lambda name, n=network: self.fleet.ctl(name, "dump", n), hosts)
+            path = f"/networks/{network}/entries"
+            dumps = await self.fleet.each(lambda name, p=path: self.fleet.api(name, "GET", p), hosts)
+            want = expected.get(network, set())
             for host, dump in dumps.items():
                 keys = {e["key"] for e in dump["entries"]}
-                if expected[network] - keys:
-                    missing.setdefault(network, {})[host] = len(expected[network] - keys)
-                if keys - expected[network]:
-                    unexpected.setdefault(network, {})[host] = len(keys - expected[network])
+                if want - keys:
+                    missing.setdefault(network, {})[host] = len(want - keys)
+                if keys - want:
+                    unexpected.setdefault(network, {})[host] = len(keys - want)
+                back = keys & (deleted or {}).get(network, set())
+                if back:
+                    resurrected.setdefault(network, {})[host] = len(back)
                 latencies += [(e["seen_wall_ms"] - e["origin_wall_ms"]) / 1000 for e in dump["entries"]
                               if e["owner"] != host]  # fmt: skip
         self.latencies = latencies
-        networks_of = await self.fleet.each(lambda name: self.fleet.ctl(name, "networks"))
+        networks_of = await self.fleet.each(lambda name: self.fleet.api(name, "GET", "/networks"))
         # Only this experiment's networks count: hosts may be in others (e.g. the inventory's own).
         leaks = {host: sorted({n["network"] for n in nets if n["network"] in self.members}
                               - {net for net, hs in self.members.items() if host in hs})
                  for host, nets in networks_of.items()}  # fmt: skip
         leaks = {h: n for h, n in leaks.items() if n}
-        stats = await self.fleet.each(lambda name: self.fleet.ctl(name, "stats"))
+        stats = await self.fleet.each(lambda name: self.fleet.api(name, "GET", "/stats"))
         now = {h: s["counters"].get("dropped_out_of_scope", 0) for h, s in stats.items()}
         out_of_scope = {h: v - self._out_of_scope_before.get(h, 0) for h, v in now.items()}
+        after_leaving = {h: out_of_scope.pop(h) for h in left if out_of_scope.get(h)}
         return {
             "valid": not missing and not unexpected and not leaks and not any(out_of_scope.values()),
             "missing": missing,
             "unexpected": unexpected,
+            "resurrected": resurrected,
             "scope_leaks": leaks,
             "out_of_scope_received": {h: v for h, v in out_of_scope.items() if v},
+            "dropped_after_leaving": after_leaving,
             "latency_s": {
                 "count": len(latencies),
                 "p50": percentile(latencies, 50),

@@ -1,7 +1,9 @@
 """asyncssh connections to every host, and bounded fan-out of commands with per-host results.
 
 sshd's MaxStartups (10:30:100 by default) drops concurrent handshakes beyond 10, so connecting is
-bounded and retried. `ctl` runs `gossip-agent ctl --json` on a host and decodes the answer.
+bounded and retried. `api` speaks HTTP to the agent's unix socket through the SSH connection
+(a direct-streamlocal channel, as `ssh -L` does), so reading a host's tables costs the host no
+process; `ctl` runs `gossip-agent ctl --json` on the host for what only the host can do.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import asyncssh
 from .inventory import Host
 
 CTL = "/opt/gossip-agent/venv/bin/gossip-agent ctl --json"
+API_SOCKET = "/run/gossip-agent/api.sock"  # the gossip_agent role puts it here
+API_TIMEOUT = 60  # seconds for one API answer (a dump of 100,000 entries is the largest)
 COMMAND_TIMEOUT = 300  # seconds one remote command may take (a big churn batch is the longest)
 T = TypeVar("T")
 
@@ -94,6 +98,35 @@ class Fleet:
     async def ctl(self, host: str, *args: str) -> Any:
         result = await self.run(host, " ".join([CTL, *args]))
         return json.loads(result.stdout) if result.stdout.strip() else None
+
+    async def api(self, host: str, method: str, path: str, body: Any = None) -> Any:
+        """One request to the agent's control API on `host`; returns the decoded JSON answer."""
+        payload = b"" if body is None else json.dumps(body).encode()
+        request = (f"{method} {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
+                   f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode() + payload  # fmt: skip
+        try:
+            async with asyncio.timeout(API_TIMEOUT):
+                reader, writer = await self._connections[host].open_unix_connection(API_SOCKET, encoding=None)
+                try:
+                    writer.write(request)
+                    answer = await reader.read()  # the agent closes after one answer
+                finally:
+                    writer.close()
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            raise FleetError(f"{host}: {method} {path}: no answer from the agent: {exc}") from None
+        head, _, data = answer.partition(b"\r\n\r\n")
+        status_line = head.split(b"\r\n", 1)[0].split()
+        if len(status_line) < 2 or not status_line[1].isdigit():
+            raise FleetError(f"{host}: {method} {path}: malformed answer {answer[:80]!r}")
+        status = int(status_line[1])
+        try:
+            decoded = json.loads(data) if data else None
+        except ValueError:
+            raise FleetError(f"{host}: {method} {path}: non-JSON answer {data[:80]!r}") from None
+        if status >= 400:
+            message = decoded.get("error") if isinstance(decoded, dict) else decoded
+            raise FleetError(f"{host}: {method} {path}: HTTP {status}: {message}")
+        return decoded
 
     async def clock_offsets(self) -> dict[str, float]:
         """Host clock minus ours, seconds, from the midpoint of a round trip (0 on the local lab)."""
