@@ -44,7 +44,11 @@ bench: $(STAMP)
 	$(PY) bench/sim_scale.py
 	$(PY) bench/agent_bench.py
 
+# The scale set: every scenario on a 50-host lab, the big ones included, the Swarm2k spec in the
+# simulator, then the benchmarks (figures printed, never asserted).
+NIGHTLY_LAB_SIZE ?= 50
 nightly: $(STAMP)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest scenarios --lab-size $(NIGHTLY_LAB_SIZE) --results-dir results/nightly
 	$(PY) bench/sim_scale.py
 	$(PY) bench/agent_bench.py
 	$(PY) bench/lab_bench.py --sizes 8,50,100
@@ -53,8 +57,8 @@ LAB_SIZE ?= 8
 demo: $(STAMP)
 	@echo "== bringing up (or reusing) a $(LAB_SIZE)-host local lab and deploying the agent (ansible-playbook site.yml)"
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ansible-playbook playbooks/site.yml -e lab_size=$(LAB_SIZE)
-	@echo "== headline experiment: 10,000 endpoints in 3 networks, churn during a halves partition, heal"
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m lab.headline --inventory inventories/local --endpoints 10000 --seed 7
+	@echo "== headline experiment: 10,000 endpoints in 3 networks, half of them during a halves partition, heal"
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m lab.experiment scenarios/experiments/headline.yaml --inventory inventories/local
 	@echo "(the lab stays up for the next run; remove it with: $(VENV)/bin/ansible-playbook playbooks/lab-down.yml)"
 
 clean:

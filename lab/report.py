@@ -24,7 +24,7 @@ def _convergence_plot(result: dict[str, Any], path: Path) -> None:
         ax.plot([s["t"] for s in samples], [100 * s["converged"][network] for s in samples], label=network)
     for window in result["fault_windows"]:
         ax.axvspan(window["start"], window["end"], color="red", alpha=0.12, label=window["label"])
-    ax.set_xlabel("seconds since the churn started")
+    ax.set_xlabel("seconds since the first phase started")
     ax.set_ylabel("% of (member, entry) pairs held")
     ax.set_ylim(0, 105)
     ax.set_title("Convergence per network")
@@ -67,11 +67,12 @@ def write(out: Path, result: dict[str, Any], latencies: list[float], summary: li
     _latency_plot(latencies, out / "latency-cdf.png")
     _bytes_plot(result["verdict"]["bytes_out"], out / "bytes-per-host.png")
     verdict = "PASS" if result["valid"] else "FAIL"
-    title = f"Headline experiment {result['run_id']}: {verdict}"
+    title = f"Experiment {result['name']} ({result['mode']}) {result['run_id']}: {verdict}"
     rows = "\n".join(f"| {k} | {v} |" for k, v in summary)
     images = ["convergence.png", "latency-cdf.png", "bytes-per-host.png"]
     (out / "report.md").write_text(
-        f"# {title}\n\nSeed {result['seed']}, commit {result['commit']}.\n\n| figure | value |\n|---|---|\n{rows}\n\n"
+        f"# {title}\n\n{result['spec']}\n\nSeed {result['seed']}, commit {result['commit']}.\n\n"
+        f"| figure | value |\n|---|---|\n{rows}\n\n"
         + "\n\n".join(f"![{i}]({i})" for i in images)
         + "\n\nEvidence: `results.json` (verdict, churn history, faults, samples).\n"
     )
@@ -81,7 +82,7 @@ def write(out: Path, result: dict[str, Any], latencies: list[float], summary: li
         "<!doctype html><meta charset=utf-8><title>" + html.escape(title) + "</title>"
         "<body style='font-family:sans-serif;max-width:860px;margin:2em auto'>"
         f"<h1 style='color:{colour}'>{html.escape(title)}</h1>"
-        f"<p>Seed {result['seed']}, commit {html.escape(result['commit'])}.</p>"
+        f"<p>{html.escape(result['spec'])}</p><p>Seed {result['seed']}, commit {html.escape(result['commit'])}.</p>"
         f"<table border=1 cellpadding=4 style='border-collapse:collapse'>{cells}</table>"
         + "".join(f"<p><img src='{i}' alt='{i}'></p>" for i in images)
         + "<p>Evidence: <a href='results.json'>results.json</a></p></body>"
