@@ -1,0 +1,116 @@
+"""pytest plugin of the lab harness (loaded with `-p lab.pytest_plugin`, see pyproject.toml).
+
+    pytest scenarios                                  # builds its own 8-host local lab (prefix sgs)
+    pytest scenarios --lab-size 50 -m "lab"           # a bigger one
+    pytest scenarios --inventory inventories/prod     # real hosts, used as they are
+    pytest scenarios --seed 42 --results-dir /tmp/r   # replay a seed; reports go there
+
+The seed and the lab are printed in the header; every experiment's report lands under
+--results-dir, and JUnit XML in <results-dir>/junit.xml unless --junitxml says otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .ansible import LabSpec, playbook
+from .experiment import publish, run_lab
+from .spec import Spec, parse
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIO_LAB = ("sgs", "198.18.129.0/24")  # prefix and subnet of the lab the scenarios build
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("lab", "Scoped Gossip Lab")
+    group.addoption("--inventory", help="run lab scenarios on these hosts instead of building a local lab")
+    group.addoption("--lab-size", type=int, default=8, help="hosts of the local lab the scenarios build (8)")
+    group.addoption("--seed", type=int, default=1, help="seed of every random choice in the scenarios (1)")
+    group.addoption("--results-dir", default=str(ROOT / "results"), help="where reports go (results/)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before junitxml reads its path
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in (
+        "lab: needs hosts: a local lab (root) or --inventory",
+        "scale: big runs for `make nightly`, not `make test`",
+        "partition: a partition nemesis runs",
+    ):
+        config.addinivalue_line("markers", marker)
+    if config.getoption("--lab-size") < 2:
+        raise pytest.UsageError("--lab-size must be at least 2")
+    if getattr(config.option, "xmlpath", None) is None and hasattr(config.option, "xmlpath"):
+        config.option.xmlpath = str(Path(config.getoption("--results-dir")) / "junit.xml")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    where = config.getoption("--inventory") or f"a local lab of {config.getoption('--lab-size')} hosts"
+    return [f"lab: {where}; seed {config.getoption('--seed')}; results in {config.getoption('--results-dir')}"]
+
+
+@pytest.fixture(scope="session")
+def seed(request: pytest.FixtureRequest) -> int:
+    return int(request.config.getoption("--seed"))
+
+
+@pytest.fixture(scope="session")
+def progress(request: pytest.FixtureRequest) -> Any:
+    """Lines shown while a long phase runs, past pytest's output capture."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+
+    def say(text: str) -> None:
+        if reporter is not None:
+            reporter.write_line(f"    [{time.strftime('%H:%M:%S')}] {text}")
+
+    return say
+
+
+@pytest.fixture(scope="session")
+def lab_inventory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The inventory of --inventory, or of a local lab built for this session and always removed."""
+    given = request.config.getoption("--inventory")
+    if given:
+        yield given
+        return
+    if os.geteuid() != 0:
+        pytest.skip("the local lab needs root (or pass --inventory)")
+    prefix, subnet = SCENARIO_LAB
+    size = request.config.getoption("--lab-size")
+    lab = LabSpec(prefix, subnet, size, tmp_path_factory.mktemp("scenario-lab") / "hosts.yml")
+    lab.prepare()
+    try:
+        _playbook(lab, "site.yml")
+        yield str(lab.inventory)
+    finally:
+        _playbook(lab, "lab-down.yml")
+
+
+def _playbook(lab: LabSpec, name: str) -> None:
+    result = playbook(lab, name)
+    if result.returncode != 0:
+        pytest.fail(f"{name} failed:\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}")
+
+
+@pytest.fixture
+def experiment(lab_inventory: str, seed: int, progress: Any, request: pytest.FixtureRequest) -> Any:
+    """run(spec) -> result: an experiment spec (a dict as in YAML, or a Spec) on the lab, with its
+    report written under --results-dir; the result carries the report's path."""
+    results_dir = Path(request.config.getoption("--results-dir"))
+
+    def run(spec: dict[str, Any] | Spec) -> dict[str, Any]:
+        if isinstance(spec, dict):
+            spec = parse(spec, request.node.name)
+        result = asyncio.run(run_lab(spec, lab_inventory, seed, progress))
+        page, _ = publish(result, spec, seed, results_dir)
+        progress(f"{spec.name}: {'PASS' if result['valid'] else 'FAIL'}: {page}")
+        result["report"] = str(page)
+        return result
+
+    return run

@@ -1,0 +1,98 @@
+"""Regression scenarios for NetworkDB's known failures, run against our agent on the lab.
+
+- moby#47728: a node that leaves a network and rejoins it at once (the same Lamport time as its
+  leave) was ignored by its peers, which never sent it the table nor took its entries again.
+- moby#53141: after a transient disconnect of 10-30 s, peers had dropped the node's entries and
+  did not take them back until it restarted.
+- moby#52661: one network of ~100,000 entries outgrew NetworkDB's bulk sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from lab.checker import Checker, wait_for
+from lab.churn import Churn
+from lab.fleet import Fleet
+from lab.nemesis import Nemesis
+from lab.scenario import check_on_fresh_network
+
+pytestmark = [pytest.mark.lab]
+
+
+def test_moby_47728_leave_and_rejoin_at_once(lab_inventory, seed):
+    network = "rg-rejoin"
+
+    async def body(fleet: Fleet, checker: Checker, nemesis: Nemesis) -> dict:
+        h = sorted(fleet.hosts)  # by position, so real inventories work too (8 hosts or more)
+        churn = Churn(fleet)
+        await asyncio.gather(churn.create(h[0], network, 300, "a-"), churn.create(h[3], network, 300, "d-"))
+        await wait_for(lambda: checker.converged(churn.truth), 60, "convergence before the rejoin")
+        for _ in range(3):  # leave and rejoin back to back, faster than any clock tick between them
+            await fleet.run(h[3], f"{CTL} detach {network} >/dev/null && {CTL} attach {network} >/dev/null")
+        # Leaving deletes its own entries (its containers left the network); it then writes anew.
+        gone = {f"d-{i}" for i in range(300)}
+        churn.truth[network] -= gone
+        churn.deleted.setdefault(network, set()).update(gone)
+        await churn.create(h[3], network, 200, "e-")
+        await churn.create(h[0], network, 100, "b-")
+
+        async def everyone_lists_it() -> bool:
+            nets = await fleet.each(lambda host: fleet.api(host, "GET", "/networks"))
+            return all(h[3] in n["members"] for ns in nets.values() for n in ns if n["network"] == network)
+
+        await wait_for(everyone_lists_it, 30, "every member to list the rejoined host again")
+        await wait_for(lambda: checker.converged(churn.truth), 60, "convergence after the rejoin")
+        return await checker.verdict(churn.truth, churn.deleted, left={h[3]})
+
+    check_on_fresh_network(lab_inventory, network, body, seed)
+
+
+def test_moby_53141_transient_disconnect_of_fifteen_seconds(lab_inventory, seed):
+    network = "rg-blip"
+
+    async def body(fleet: Fleet, checker: Checker, nemesis: Nemesis) -> dict:
+        h = sorted(fleet.hosts)  # by position, so real inventories work too (8 hosts or more)
+        churn = Churn(fleet)
+        await asyncio.gather(churn.create(h[0], network, 400, "a-"), churn.create(h[1], network, 400, "b-"))
+        await wait_for(lambda: checker.converged(churn.truth), 60, "convergence before the disconnect")
+        cut = nemesis.shape("isolate")  # the first host alone
+        await nemesis.partition(cut)
+        others = Checker(fleet, {network: [n for n in h if n != h[0]]})
+        without_first = {network: {k for k in churn.truth[network] if not k.startswith("a-")}}
+        await wait_for(
+            lambda: others.converged(without_first), 30, "the others to drop the isolated host's entries (it is dead)"
+        )
+        await asyncio.gather(churn.create(h[0], network, 100, "c-"), churn.create(h[2], network, 100, "d-"),
+                             churn.delete(h[1], network, 50, "b-"))  # fmt: skip
+        await asyncio.sleep(15)
+        await nemesis.heal_all()
+        await wait_for(
+            lambda: checker.converged(churn.truth), 30, "the isolated host's entries back everywhere, with no restart"
+        )
+        return await checker.verdict(churn.truth, churn.deleted)
+
+    check_on_fresh_network(lab_inventory, network, body, seed)
+
+
+def test_moby_52661_one_network_of_a_hundred_thousand_entries(lab_inventory, seed, progress):
+    network = "rg-big"
+
+    async def body(fleet: Fleet, checker: Checker, nemesis: Nemesis) -> dict:
+        h = sorted(fleet.hosts)  # by position, so real inventories work too (8 hosts or more)
+        churn = Churn(fleet)
+        writers = h[:4]
+        await asyncio.gather(*(churn.create(w, network, 25_000, f"{w}-") for w in writers))
+        progress("100,000 entries written")
+        await wait_for(lambda: checker.converged(churn.truth), 240, "100,000 entries on every member")
+        # A restart must reload its own 25,000 from the journal and the other 75,000 by one sync.
+        await nemesis.kill(writers[0])
+        await wait_for(lambda: checker.converged(churn.truth), 120, "convergence after the writer's restart")
+        return await checker.verdict(churn.truth, churn.deleted)
+
+    check_on_fresh_network(lab_inventory, network, body, seed)
+
+
+CTL = "/opt/gossip-agent/venv/bin/gossip-agent ctl"
