@@ -127,7 +127,9 @@ class Checker:
         leaks = {h: n for h, n in leaks.items() if n}
         stats = await self.fleet.each(lambda name: self.fleet.api(name, "GET", "/stats"))
         now = {h: s["counters"].get("dropped_out_of_scope", 0) for h, s in stats.items()}
-        out_of_scope = {h: v - self._out_of_scope_before.get(h, 0) for h, v in now.items()}
+        # A restarted agent counts from zero again: then all it counts is of this run.
+        out_of_scope = {h: v - self._out_of_scope_before.get(h, 0) if v >= self._out_of_scope_before.get(h, 0) else v
+                        for h, v in now.items()}  # fmt: skip
         after_leaving = {h: out_of_scope.pop(h) for h in left if out_of_scope.get(h)}
         return {
             "valid": not missing and not unexpected and not leaks and not any(out_of_scope.values()),

@@ -99,13 +99,13 @@ class Fleet:
         result = await self.run(host, " ".join([CTL, *args]))
         return json.loads(result.stdout) if result.stdout.strip() else None
 
-    async def api(self, host: str, method: str, path: str, body: Any = None) -> Any:
+    async def api(self, host: str, method: str, path: str, body: Any = None, within: float = API_TIMEOUT) -> Any:
         """One request to the agent's control API on `host`; returns the decoded JSON answer."""
         payload = b"" if body is None else json.dumps(body).encode()
         request = (f"{method} {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
                    f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode() + payload  # fmt: skip
         try:
-            async with asyncio.timeout(API_TIMEOUT):
+            async with asyncio.timeout(within):
                 reader, writer = await self._connections[host].open_unix_connection(API_SOCKET, encoding=None)
                 try:
                     writer.write(request)

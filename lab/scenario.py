@@ -44,7 +44,7 @@ async def leave(fleet: Fleet, host: str, network: str) -> None:
 
 def assert_clean(verdict: dict[str, Any]) -> dict[str, Any]:
     """The verdict of a scenario holds; the failure shows the evidence without the bulky parts."""
-    evidence = {k: v for k, v in verdict.items() if k not in ("latency_s", "bytes_out")}
+    evidence = str({k: v for k, v in verdict.items() if k not in ("latency_s", "bytes_out")})
     assert verdict["missing"] == {}, evidence
     assert verdict["resurrected"] == {}, evidence
     assert verdict["valid"], evidence

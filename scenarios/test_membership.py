@@ -20,7 +20,8 @@ def test_membership_converges_and_follows_a_stop_and_start(lab_inventory):
             checker = Checker(fleet, {})
             await wait_for(checker.membership_converged, 60, "every host to see every host alive")
             victim = sorted(fleet.hosts)[-1]
-            await fleet.run(victim, "kill -STOP $(cat /run/gossip-agent/agent.pid)")
+            nemesis = Nemesis(fleet)
+            await nemesis.pause(victim)
             try:
 
                 async def everyone_else_sees_it_gone() -> bool:
@@ -31,8 +32,7 @@ def test_membership_converges_and_follows_a_stop_and_start(lab_inventory):
 
                 await wait_for(everyone_else_sees_it_gone, 30, f"every other host to declare {victim} dead")
             finally:
-                await Nemesis(fleet).heal_all()
-                await fleet.run(victim, "kill -CONT $(cat /run/gossip-agent/agent.pid)")
+                await nemesis.heal_all()  # resumes it
             await wait_for(checker.membership_converged, 60, f"{victim} to be alive everywhere again")
 
     asyncio.run(run())
