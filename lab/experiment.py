@@ -435,11 +435,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab.experiment", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("spec", help="an experiment spec, e.g. scenarios/experiments/headline.yaml")
-    parser.add_argument("--mode", choices=("lab", "sim"), default="lab")
+    parser.add_argument("--mode", choices=("lab", "sim"), default="lab",
+                        help="lab: the inventory's hosts over SSH (default); sim: the simulator")  # fmt: skip
     parser.add_argument("--inventory", default=str(ROOT / "inventories" / "local"), help="lab mode: the hosts")
     parser.add_argument("--hosts", type=int, help="sim mode: node count (default: the spec's)")
     parser.add_argument("--seed", type=int, help="default: the spec's")
-    parser.add_argument("--results-dir", default=str(ROOT / "results"))
+    parser.add_argument("--results-dir", default=str(ROOT / "results"), help="reports go to DIR/<run-id>/")
     args = parser.parse_args(argv)
     try:
         spec = load_spec(args.spec)
