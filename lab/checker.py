@@ -49,6 +49,7 @@ class Checker:
         self.members = members  # network -> hosts attached to it
         self._out_of_scope_before: dict[str, int] = {}
         self.latencies: list[float] = []  # of the last verdict, for the latency plot
+        self.latency_by_key: list[tuple[str, float]] = []  # the same, with each entry's key
 
     async def _out_of_scope(self) -> dict[str, int]:
         stats = await self.fleet.each(lambda name: self.fleet.api(name, "GET", "/stats"))
@@ -102,7 +103,7 @@ class Checker:
         missing: dict[str, dict[str, int]] = {}
         unexpected: dict[str, dict[str, int]] = {}
         resurrected: dict[str, dict[str, int]] = {}
-        latencies: list[float] = []
+        by_key: list[tuple[str, float]] = []
         for network, hosts in self.members.items():
             path = f"/networks/{network}/entries"
             dumps = await self.fleet.each(lambda name, p=path: self.fleet.api(name, "GET", p), hosts)
@@ -116,9 +117,10 @@ class Checker:
                 back = keys & (deleted or {}).get(network, set())
                 if back:
                     resurrected.setdefault(network, {})[host] = len(back)
-                latencies += [(e["seen_wall_ms"] - e["origin_wall_ms"]) / 1000 for e in dump["entries"]
+                by_key += [(e["key"], (e["seen_wall_ms"] - e["origin_wall_ms"]) / 1000) for e in dump["entries"]
                               if e["owner"] != host]  # fmt: skip
-        self.latencies = latencies
+        self.latency_by_key = by_key
+        self.latencies = latencies = [seconds for _, seconds in by_key]
         networks_of = await self.fleet.each(lambda name: self.fleet.api(name, "GET", "/networks"))
         # Only this experiment's networks count: hosts may be in others (e.g. the inventory's own).
         leaks = {host: sorted({n["network"] for n in nets if n["network"] in self.members}

@@ -61,8 +61,11 @@ class LabRun:
         self.churn = Churn(fleet)
         self.created: dict[str, list[tuple[str, str, int]]] = {}  # network -> (writer, prefix, count) of phase 1
         self.samples: list[dict[str, Any]] = []
+        self.latencies: list[float] = []  # per entry and member, each measured at its phase's end
         self.windows: list[dict[str, Any]] = []
         self.started = 0.0
+        self.stats_before: dict[str, Any] = {}
+        self.planned: dict[str, int] = {}  # network -> entries it holds once this phase's churn is in
 
     async def prepare(self) -> None:
         """Networks of this spec only: leave them everywhere first (a previous run's), then attach."""
@@ -76,13 +79,14 @@ class LabRun:
         await wait_for(self.checker.membership_converged, 60, "every host to see every host alive")
         await wait_for(lambda: self.checker.converged({}), 60, "empty networks on every member")
         await self.checker.baseline()
+        self.stats_before = await self.fleet.each(lambda h: self.fleet.api(h, "GET", "/stats"))
         for network, hosts in self.members.items():
             self.log(f"network {network}: {len(hosts)} hosts ({hosts[0]}..{hosts[-1]})")
 
     async def _sample(self, done: asyncio.Event) -> None:
         """Convergence over time for the plot; a host that does not answer skips a sample."""
         while not done.is_set():
-            planned = {n: len(self.churn.truth.get(n, ())) for n in self.members}
+            planned = {n: self.planned.get(n, 0) for n in self.members}
             try:
                 fractions = await self.checker.fractions(planned)
                 self.samples.append({"t": round(time.monotonic() - self.started, 3), "converged": fractions})
@@ -147,9 +151,12 @@ class LabRun:
                     if index == 0:
                         self.created.setdefault(network, []).append((writer, prefix, count))
             batches = self.created.get(network, [])
+            removed = 0
             for (writer, prefix, made), count in zip(batches, split(deletes, len(batches) or 1), strict=False):
                 if count:
                     tasks.append(self.churn.delete(writer, network, min(count, made), prefix, churn.rate))
+                    removed += min(count, made)
+            self.planned[network] = len(self.churn.truth.get(network, ())) + creates - removed
         return tasks
 
     async def phase(self, index: int, phase: Phase) -> dict[str, Any]:
@@ -195,6 +202,15 @@ class LabRun:
         if healed_at is not None:
             record["after_heal_s"] = round(converged - healed_at, 3)
         await wait_for(self.checker.membership_converged, phase.within, f"{phase.name}: membership to converge")
+        # Each phase's delivery latency, judged at its end: a later heal re-delivers withdrawn
+        # entries and would stamp them anew. Its keys carry the phase: p<N>-<writer>-<i>.
+        checked = await self.checker.verdict(self.churn.truth, self.churn.deleted)
+        record["valid"] = checked["valid"]
+        mine = [s for key, s in self.checker.latency_by_key if key.startswith(f"p{index + 1}-")]
+        self.latencies += mine
+        if mine:
+            record["latency_p50_s"] = percentile(mine, 50)
+            record["latency_p99_s"] = percentile(mine, 99)
         figures = [f"{k[:-2].replace('_', ' ')} {v:.2f} s" for k, v in record.items() if k.startswith("after")]
         self.log(f"{phase.name}: converged, " + ", ".join(figures))
         return record
@@ -209,27 +225,43 @@ class LabRun:
         finally:
             done.set()
             await sampler
-        stats = await self.fleet.each(lambda h: self.fleet.api(h, "GET", "/stats"))
+        spent = _spent(self.stats_before, await self.fleet.each(lambda h: self.fleet.api(h, "GET", "/stats")))
         verdict = await self.checker.verdict(self.churn.truth, self.churn.deleted)
+
+        verdict["latency_s"] = {"count": len(self.latencies), "p50": percentile(self.latencies, 50),
+                                "p90": percentile(self.latencies, 90), "p99": percentile(self.latencies, 99),
+                                "max": max(self.latencies, default=None)}  # fmt: skip
         return {
             "mode": "lab",
-            "valid": verdict["valid"],
+            "valid": verdict["valid"] and all(p["valid"] for p in phases),
             "hosts": self.names,
             "networks": self.members,
             "endpoints": sum(map(len, self.churn.truth.values())),
             "phases": phases,
             "verdict": verdict,
-            "latencies": self.checker.latencies,
+            "latencies": self.latencies,
             "samples": self.samples,
             "fault_windows": self.windows,
-            "copies_per_event": _copies(stats, self.churn, self.members),
-            "cpu_seconds": {h: s.get("cpu_seconds") for h, s in stats.items()},
+            "copies_per_event": _copies(spent, self.churn, self.members),
+            "cpu_seconds": {h: round(s["cpu_seconds"], 3) for h, s in spent.items()},
             "history": self.churn.history,
             "faults": self.nemesis.log,
         }
 
 
-def _copies(stats: dict[str, Any], churn: Churn, members: dict[str, list[str]]) -> dict[str, float] | None:
+def _spent(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per host, counters and CPU-seconds of this run: the agents' own figures are cumulative,
+    and a restarted agent counts from zero again (then all it counted is of this run)."""
+    result = {}
+    for host, now in after.items():
+        was = before.get(host, {})
+        figures = {"cpu_seconds": now["cpu_seconds"], **now["counters"]}
+        old = {"cpu_seconds": was.get("cpu_seconds", 0.0), **was.get("counters", {})}
+        result[host] = {k: v - old.get(k, 0) if v >= old.get(k, 0) else v for k, v in figures.items()}
+    return result
+
+
+def _copies(spent: dict[str, Any], churn: Churn, members: dict[str, list[str]]) -> dict[str, float] | None:
     """Event copies received per (member, event) needed, by gossip and by sync: 1.0 in all would
     be perfect; gossip's redundancy and the syncs that repair partitions cost more."""
     events = {n: 0 for n in members}
@@ -239,7 +271,7 @@ def _copies(stats: dict[str, Any], churn: Churn, members: dict[str, list[str]]) 
     if not needed:
         return None
     counted = {"gossip": "events_in", "sync": "sync_entries_in"}
-    return {k: round(sum(s["counters"].get(c, 0) for s in stats.values()) / needed, 3) for k, c in counted.items()}
+    return {k: round(sum(s.get(c, 0) for s in spent.values()) / needed, 3) for k, c in counted.items()}
 
 
 async def run_lab(spec: Spec, inventory: str, seed: int, log: Say = say) -> dict[str, Any]:

@@ -249,7 +249,7 @@ def _churn(args: argparse.Namespace, call: Any) -> dict[str, Any]:
             items = [{"table": args.table, "key": k, "value": f"{args.network}/{k}"} for k in chunk]
             call("POST", f"/networks/{args.network}/entries", {"entries": items})
         done += len(chunk)
-        if args.rate > 0:
+        if args.rate > 0 and done < len(keys):  # pace between batches; the last one ends the run
             ahead = done / args.rate - (time.monotonic() - started)
             if ahead > 0:
                 time.sleep(ahead)
