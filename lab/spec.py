@@ -13,7 +13,7 @@
         churn: {create: 5000, writers: 2, rate: 1500}
         within: 60
       - name: partitioned
-        fault: {partition: halves, hold: 8}
+        fault: {partition: halves, hold: 8, at: 0}
         churn: {create: 5000, delete: 1000, rate: 1500}
         within: 120
     targets: {after_last_write_s: 5, after_heal_s: 3}
