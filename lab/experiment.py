@@ -23,6 +23,7 @@ from typing import Any
 
 from gossip_agent.sim import OptionError, SimOptions, Simulator
 from gossip_agent.sim.options import CrashSpec, PartitionSpec, WorkloadSpec
+from gossip_agent.sim.partitions import Partition
 
 from . import report
 from .checker import Checker, WaitTimeout, percentile, wait_for
@@ -66,6 +67,7 @@ class LabRun:
         self.started = 0.0
         self.stats_before: dict[str, Any] = {}
         self.planned: dict[str, int] = {}  # network -> entries it holds once this phase's churn is in
+        self.writing: set[str] = set()  # hosts writing in the current phase
 
     async def prepare(self) -> None:
         """Networks of this spec only: leave them everywhere first (a previous run's), then attach."""
@@ -95,14 +97,16 @@ class LabRun:
             await asyncio.sleep(0.2)
 
     def _victims(self, fault: Fault) -> list[str]:
+        """Hosts chosen by the seed, not this phase's writers where enough others exist: a writer
+        killed mid-batch leaves its batch's outcome unknown, and the run could not be judged."""
+        readers = [h for h in self.names if h not in self.writing]
         count = len(self.names) if fault.value == "all" else min(int(fault.value), len(self.names))
-        return sorted(self.rng.sample(self.names, count))
+        return sorted(self.rng.sample(readers if len(readers) >= count else self.names, count))
 
-    async def _inject(self, fault: Fault) -> tuple[Callable[[], Any] | None, dict[str, Any]]:
+    async def _inject(self, fault: Fault, cut: Partition | None) -> tuple[Callable[[], Any] | None, dict[str, Any]]:
         """Apply a fault; returns its heal (None when it is over once done) and its record."""
         n = self.nemesis
-        if fault.kind == "partition":
-            cut = n.shape(str(fault.value), fault.symmetric)
+        if cut is not None:
             await n.partition(cut)
             return n.heal_all, {"shape": cut.shape, "groups": cut.groups, "symmetric": fault.symmetric}
         if fault.kind == "loss":
@@ -137,6 +141,7 @@ class LabRun:
 
     def _churn_tasks(self, index: int, phase: Phase, groups: list[list[str]] | None) -> list[Any]:
         churn = phase.churn
+        self.writing = set()
         if churn is None:
             return []
         networks = list(churn.networks or self.members)
@@ -144,6 +149,7 @@ class LabRun:
         for network, creates, deletes in zip(networks, split(churn.create, len(networks)),
                                              split(churn.delete, len(networks)), strict=True):  # fmt: skip
             writers = self._writers(network, churn.writers, groups)
+            self.writing.update(writers)
             for writer, count in zip(writers, split(creates, len(writers)), strict=True):
                 if count:
                     prefix = f"p{index + 1}-{writer}-"
@@ -162,17 +168,15 @@ class LabRun:
     async def phase(self, index: int, phase: Phase) -> dict[str, Any]:
         record: dict[str, Any] = {"name": phase.name}
         fault = phase.fault
-        groups = (
-            self.nemesis.shape(str(fault.value), fault.symmetric).groups
-            if fault and fault.kind == "partition"
-            else None
-        )
+        # The cut is drawn once: writers are spread over its sides, then it is applied.
+        cut = self.nemesis.shape(str(fault.value), fault.symmetric) if fault and fault.kind == "partition" else None
+        groups = cut.groups if cut else None
         begun = time.monotonic()
         churn = asyncio.gather(*self._churn_tasks(index, phase, groups))
         heal, healed_at = None, None
         if fault is not None:
             await asyncio.sleep(fault.at)
-            heal, detail = await self._inject(fault)
+            heal, detail = await self._inject(fault, cut)
             injected = time.monotonic()
             record["fault"] = {"kind": fault.kind, **detail}
             self.log(
@@ -227,7 +231,6 @@ class LabRun:
             await sampler
         spent = _spent(self.stats_before, await self.fleet.each(lambda h: self.fleet.api(h, "GET", "/stats")))
         verdict = await self.checker.verdict(self.churn.truth, self.churn.deleted)
-
         verdict["latency_s"] = {"count": len(self.latencies), "p50": percentile(self.latencies, 50),
                                 "p90": percentile(self.latencies, 90), "p99": percentile(self.latencies, 99),
                                 "max": max(self.latencies, default=None)}  # fmt: skip
