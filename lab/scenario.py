@@ -15,14 +15,15 @@ from .nemesis import Nemesis
 Body = Callable[[Fleet, Checker, Nemesis], Awaitable[Any]]
 
 
-async def on_fresh_network(inventory: str, network: str, body: Body, seed: int = 0) -> Any:
+async def on_fresh_network(inventory: str, network: str, body: Body, seed: int = 0, members: int | None = None) -> Any:
+    """`members`: only the first so many hosts (sorted) join the network; default all."""
     fleet = Fleet(load(inventory))
     await fleet.connect()
     nemesis = Nemesis(fleet, seed)
     try:
         await nemesis.heal_all()  # nothing left over from an interrupted run
-        names = sorted(fleet.hosts)
-        await fleet.each(lambda name: fleet.api(name, "POST", "/networks", {"network": network}))
+        names = sorted(fleet.hosts)[:members]
+        await fleet.each(lambda name: fleet.api(name, "POST", "/networks", {"network": network}), names)
         checker = Checker(fleet, {network: names})
         await wait_for(checker.membership_converged, 60, "all hosts alive everywhere")
         await wait_for(lambda: checker.converged({network: set()}), 60, f"{network} attached and empty everywhere")
@@ -51,9 +52,11 @@ def assert_clean(verdict: dict[str, Any]) -> dict[str, Any]:
     return verdict
 
 
-def check_on_fresh_network(inventory: str, network: str, body: Body, seed: int = 0) -> dict[str, Any]:
+def check_on_fresh_network(
+    inventory: str, network: str, body: Body, seed: int = 0, members: int | None = None
+) -> dict[str, Any]:
     """`on_fresh_network`, run to its end; the body returns a verdict, which must hold."""
-    return assert_clean(asyncio.run(on_fresh_network(inventory, network, body, seed)))
+    return assert_clean(asyncio.run(on_fresh_network(inventory, network, body, seed, members)))
 
 
 async def holds(fleet: Fleet, hosts: list[str], network: str, keys: set[str]) -> bool:
