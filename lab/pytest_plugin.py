@@ -64,9 +64,12 @@ def seed(request: pytest.FixtureRequest) -> int:
 def progress(request: pytest.FixtureRequest) -> Any:
     """Lines shown while a long phase runs, past pytest's output capture."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
 
     def say(text: str) -> None:
-        if reporter is not None:
+        if reporter is None or capture is None:
+            return
+        with capture.global_and_fixture_disabled():  # captured output would only show on failure
             reporter.write_line(f"    [{time.strftime('%H:%M:%S')}] {text}")
 
     return say
