@@ -15,7 +15,7 @@ import pytest
 
 from lab.checker import Checker, wait_for
 from lab.churn import Churn
-from lab.fleet import Fleet
+from lab.fleet import CTL, Fleet
 from lab.nemesis import Nemesis
 from lab.scenario import check_on_fresh_network
 
@@ -95,6 +95,3 @@ def test_moby_52661_one_network_of_a_hundred_thousand_entries(lab_inventory, see
         return await checker.verdict(churn.truth, churn.deleted)
 
     check_on_fresh_network(lab_inventory, network, body, seed, members=8)
-
-
-CTL = "/opt/gossip-agent/venv/bin/gossip-agent ctl"
