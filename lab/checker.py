@@ -51,13 +51,15 @@ class Checker:
         self.latencies: list[float] = []  # of the last verdict, for the latency plot
         self.latency_by_key: list[tuple[str, float]] = []  # the same, with each entry's key
 
-    async def _out_of_scope(self) -> dict[str, int]:
-        stats = await self.fleet.each(lambda name: self.fleet.api(name, "GET", "/stats"))
-        return {h: s["counters"].get("dropped_out_of_scope", 0) for h, s in stats.items()}
+    def _out_of_scope(self, stats: dict[str, Any]) -> dict[str, int]:
+        """Per host, dropped messages of this experiment's networks (not of earlier runs' ones)."""
+        return {h: sum(s.get("out_of_scope_by_network", {}).get(n, 0) for n in self.members) for h, s in stats.items()}
 
     async def baseline(self) -> None:
         """Counters are cumulative per agent: remember them, so only this run's drops count."""
-        self._out_of_scope_before = await self._out_of_scope()
+        self._out_of_scope_before = self._out_of_scope(
+            await self.fleet.each(lambda name: self.fleet.api(name, "GET", "/stats"))
+        )
 
     async def membership_converged(self) -> bool:
         views = await self.fleet.each(lambda name: self.fleet.api(name, "GET", "/members"))
@@ -128,7 +130,7 @@ class Checker:
                  for host, nets in networks_of.items()}  # fmt: skip
         leaks = {h: n for h, n in leaks.items() if n}
         stats = await self.fleet.each(lambda name: self.fleet.api(name, "GET", "/stats"))
-        now = {h: s["counters"].get("dropped_out_of_scope", 0) for h, s in stats.items()}
+        now = self._out_of_scope(stats)
         # A restarted agent counts from zero again: then all it counts is of this run.
         out_of_scope = {h: v - self._out_of_scope_before.get(h, 0) if v >= self._out_of_scope_before.get(h, 0) else v
                         for h, v in now.items()}  # fmt: skip

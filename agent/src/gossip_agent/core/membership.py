@@ -366,7 +366,8 @@ class Membership:
         if now >= probe.started + self._scaled(self.config.probe_interval):
             self._probe = None
             # Helpers that did not even nack did not hear us or we did not hear them: our fault.
-            self.health(max(1, probe.expected_nacks - probe.nacks) if probe.expected_nacks else 1)
+            # All nacked: the target is down and we are fine (Lifeguard; memberlist alike).
+            self.health(probe.expected_nacks - probe.nacks if probe.expected_nacks else 1)
             self.on_suspect(Suspect(target.name, target.incarnation, self.name), now)
 
     def on_ping(self, msg: Ping, sender_addr: Address) -> None:

@@ -50,6 +50,7 @@ from .wire import (
     encode_message,
 )
 
+MAX_OUT_OF_SCOPE_NETWORKS = 256
 HOT_ROUNDS = 10  # rounds after a table change during which digests are sent even without events
 
 
@@ -128,12 +129,22 @@ class Node:
         self._stream_ids = 0
         self._changes: list[Change | MemberChange] = []
         self.stats: dict[str, int] = {}
+        self.out_of_scope: dict[str, int] = {}  # network -> dropped, see _out_of_scope
         self.left = False
 
     # === helpers ===================================================================================
 
     def count(self, name: str, amount: int = 1) -> None:
         self.stats[name] = self.stats.get(name, 0) + amount
+
+    def _out_of_scope(self, network: str, amount: int = 1) -> None:
+        """Something of a network we are not in reached us and was dropped. Counted per network
+        too (a bounded map: names come from the wire), so a checker can tell the last rumours
+        of a network we just left from a leak of one we were never in."""
+        self.count("dropped_out_of_scope", amount)
+        if network not in self.out_of_scope and len(self.out_of_scope) >= MAX_OUT_OF_SCOPE_NETWORKS:
+            network = "(other)"
+        self.out_of_scope[network] = self.out_of_scope.get(network, 0) + amount
 
     def take_datagrams(self) -> list[tuple[Address, bytes]]:
         out, self._datagrams = self._datagrams, []
@@ -359,7 +370,7 @@ class Node:
         self.count("events_in")
         state = self.networks.get(event.network)
         if state is None:
-            self.count("dropped_out_of_scope")
+            self._out_of_scope(event.network)
             return
         if not self.owner_ok(event.network, event.owner):
             self.count("dropped_owner_gone")
@@ -378,7 +389,7 @@ class Node:
     def _on_digest(self, sender: str, msg: NetworkDigest, now: float) -> None:
         state = self.networks.get(msg.network)
         if state is None:
-            self.count("dropped_out_of_scope")
+            self._out_of_scope(msg.network)
             return
         table = state.table
         if msg.digest == table.digest:
@@ -473,7 +484,7 @@ class Node:
         elif isinstance(msg, SyncRequest):
             state = self.networks.get(msg.network)
             if state is None:
-                self.count("dropped_out_of_scope")
+                self._out_of_scope(msg.network)
                 reply = SyncResponse(msg.network, (), {}, (), False)
             else:
                 events, full = state.table.delta_for(msg.digest)
@@ -577,7 +588,7 @@ class Node:
     ) -> None:
         state = self.networks.get(network)
         if state is None:
-            self.count("dropped_out_of_scope", max(1, len(events)))
+            self._out_of_scope(network, max(1, len(events)))
             return
         for event in events:
             self.clock.witness(event.lamport)

@@ -310,6 +310,7 @@ class Api:
             "cpu_seconds": round(time.process_time(), 3),  # of the agent process, user + system
             "awareness": node.membership.awareness,  # Lifeguard local health: 0 is healthy
             "counters": dict(sorted(node.stats.items())),
+            "out_of_scope_by_network": dict(sorted(node.out_of_scope.items())),
             "queues": {"cluster": len(node.cluster_queue), **{n: len(s.queue) for n, s in node.networks.items()}},
         }
 
