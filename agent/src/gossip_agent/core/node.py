@@ -564,9 +564,9 @@ class Node:
         self._absorb(msg.network, msg.entries, msg.digest, msg.full_owners, now)
         if pending.why == "return":
             # One returner's table holds what its side has (a heal brings a whole side back):
-            # syncing with each of them again would mostly fetch the same entries. Whatever only
-            # another returner holds reaches us by its own sync with us or by a digest pull.
-            state.returned.clear()
+            # syncing with each of them again would mostly fetch the same entries. A returner
+            # whose entries we now hold exactly as this peer does is not synced with again.
+            state.returned = {r for r in state.returned if not state.table.holds_as(r, msg.digest)}
         events, full = state.table.delta_for(msg.digest)
         events = [e for e in events if (e.table, e.key, e.lamport) not in received]
         addr = self.address_of(pending.peer) if pending.peer else None

@@ -180,6 +180,10 @@ class NetworkTable:
             o: (0 if o in self._withdrawn else self.watermarks.get(o, 0), self._owner_hash.get(o, 0)) for o in owners
         }
 
+    def holds_as(self, owner: str, peer: OwnerDigest) -> bool:
+        """We hold the same entries of `owner` as a peer with digest `peer`, none withdrawn."""
+        return owner not in self._withdrawn and self._owner_hash.get(owner, 0) == peer.get(owner, (0, 0))[1]
+
     def delta_for(self, peer: OwnerDigest) -> tuple[list[TableEvent], list[str]]:
         """Entries a peer with digest `peer` lacks, and the owners sent in full."""
         events: list[TableEvent] = []
