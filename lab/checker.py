@@ -11,6 +11,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from gossip_agent.sim.checker import percentile as sim_percentile
+
 from .fleet import Fleet, FleetError
 
 
@@ -37,21 +39,29 @@ async def wait_for(predicate: Callable[[], Awaitable[Any]], deadline: float, lab
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+    """The simulator's nearest-rank percentile; None rather than NaN for no values (JSON)."""
+    return sim_percentile(values, q) if values else None
+
+
+def latency_summary(values: list[float]) -> dict[str, Any]:
+    return {"count": len(values), "p50": percentile(values, 50), "p90": percentile(values, 90),
+            "p99": percentile(values, 99), "max": max(values, default=None)}  # fmt: skip
+
+
+def since(before: dict[str, float], now: dict[str, float]) -> dict[str, float]:
+    """Cumulative figures of an agent minus a baseline; an agent restarted since counts from
+    zero again, and then all it counted is of this run."""
+    return {k: v - before.get(k, 0) if v >= before.get(k, 0) else v for k, v in now.items()}
 
 
 class Checker:
     def __init__(self, fleet: Fleet, members: dict[str, list[str]]) -> None:
         self.fleet = fleet
         self.members = members  # network -> hosts attached to it
-        self._out_of_scope_before: dict[str, int] = {}
-        self.latencies: list[float] = []  # of the last verdict, for the latency plot
-        self.latency_by_key: list[tuple[str, float]] = []  # the same, with each entry's key
+        self._out_of_scope_before: dict[str, float] = {}
+        self.latency_by_key: list[tuple[str, float]] = []  # of the last verdict: (key, seconds)
 
-    def _out_of_scope(self, stats: dict[str, Any]) -> dict[str, int]:
+    def _out_of_scope(self, stats: dict[str, Any]) -> dict[str, float]:
         """Per host, dropped messages of this experiment's networks (not of earlier runs' ones)."""
         return {h: sum(s.get("out_of_scope_by_network", {}).get(n, 0) for n in self.members) for h, s in stats.items()}
 
@@ -122,7 +132,6 @@ class Checker:
                 by_key += [(e["key"], (e["seen_wall_ms"] - e["origin_wall_ms"]) / 1000) for e in dump["entries"]
                               if e["owner"] != host]  # fmt: skip
         self.latency_by_key = by_key
-        self.latencies = latencies = [seconds for _, seconds in by_key]
         networks_of = await self.fleet.each(lambda name: self.fleet.api(name, "GET", "/networks"))
         # Only this experiment's networks count: hosts may be in others (e.g. the inventory's own).
         leaks = {host: sorted({n["network"] for n in nets if n["network"] in self.members}
@@ -130,10 +139,7 @@ class Checker:
                  for host, nets in networks_of.items()}  # fmt: skip
         leaks = {h: n for h, n in leaks.items() if n}
         stats = await self.fleet.each(lambda name: self.fleet.api(name, "GET", "/stats"))
-        now = self._out_of_scope(stats)
-        # A restarted agent counts from zero again: then all it counts is of this run.
-        out_of_scope = {h: v - self._out_of_scope_before.get(h, 0) if v >= self._out_of_scope_before.get(h, 0) else v
-                        for h, v in now.items()}  # fmt: skip
+        out_of_scope = since(self._out_of_scope_before, self._out_of_scope(stats))
         after_leaving = {h: out_of_scope.pop(h) for h in left if out_of_scope.get(h)}
         return {
             "valid": not missing and not unexpected and not leaks and not any(out_of_scope.values()),
@@ -143,12 +149,6 @@ class Checker:
             "scope_leaks": leaks,
             "out_of_scope_received": {h: v for h, v in out_of_scope.items() if v},
             "dropped_after_leaving": after_leaving,
-            "latency_s": {
-                "count": len(latencies),
-                "p50": percentile(latencies, 50),
-                "p90": percentile(latencies, 90),
-                "p99": percentile(latencies, 99),
-                "max": max(latencies) if latencies else None,
-            },  # fmt: skip
+            "latency_s": latency_summary([seconds for _, seconds in by_key]),
             "bytes_out": {h: s["counters"].get("bytes_out", 0) for h, s in stats.items()},
         }

@@ -26,7 +26,8 @@ from gossip_agent.sim.options import CrashSpec, PartitionSpec, WorkloadSpec
 from gossip_agent.sim.partitions import Partition
 
 from . import report
-from .checker import Checker, WaitTimeout, percentile, wait_for
+from .ansible import ROOT
+from .checker import Checker, WaitTimeout, latency_summary, percentile, since, wait_for
 from .churn import Churn
 from .fleet import Fleet, FleetError
 from .inventory import InventoryError, load
@@ -34,7 +35,6 @@ from .nemesis import Nemesis
 from .spec import Fault, Phase, Spec, SpecError
 from .spec import load as load_spec
 
-ROOT = Path(__file__).resolve().parents[1]
 Say = Callable[[str], None]
 
 
@@ -66,6 +66,7 @@ class LabRun:
         self.windows: list[dict[str, Any]] = []
         self.started = 0.0
         self.stats_before: dict[str, Any] = {}
+        self.verdict: dict[str, Any] = {}  # of the last phase that converged
         self.planned: dict[str, int] = {}  # network -> entries it holds once this phase's churn is in
         self.writing: set[str] = set()  # hosts writing in the current phase
 
@@ -208,8 +209,8 @@ class LabRun:
         await wait_for(self.checker.membership_converged, phase.within, f"{phase.name}: membership to converge")
         # Each phase's delivery latency, judged at its end: a later heal re-delivers withdrawn
         # entries and would stamp them anew. Its keys carry the phase: p<N>-<writer>-<i>.
-        checked = await self.checker.verdict(self.churn.truth, self.churn.deleted)
-        record["valid"] = checked["valid"]
+        self.verdict = await self.checker.verdict(self.churn.truth, self.churn.deleted)
+        record["valid"] = self.verdict["valid"]
         mine = [s for key, s in self.checker.latency_by_key if key.startswith(f"p{index + 1}-")]
         self.latencies += mine
         if mine:
@@ -230,10 +231,8 @@ class LabRun:
             done.set()
             await sampler
         spent = _spent(self.stats_before, await self.fleet.each(lambda h: self.fleet.api(h, "GET", "/stats")))
-        verdict = await self.checker.verdict(self.churn.truth, self.churn.deleted)
-        verdict["latency_s"] = {"count": len(self.latencies), "p50": percentile(self.latencies, 50),
-                                "p90": percentile(self.latencies, 90), "p99": percentile(self.latencies, 99),
-                                "max": max(self.latencies, default=None)}  # fmt: skip
+        verdict = self.verdict  # the last phase's, taken when everything had converged
+        verdict["latency_s"] = latency_summary(self.latencies)
         return {
             "mode": "lab",
             "valid": verdict["valid"] and all(p["valid"] for p in phases),
@@ -253,14 +252,12 @@ class LabRun:
 
 
 def _spent(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Per host, counters and CPU-seconds of this run: the agents' own figures are cumulative,
-    and a restarted agent counts from zero again (then all it counted is of this run)."""
+    """Per host, counters and CPU-seconds of this run (the agents' own figures are cumulative)."""
     result = {}
     for host, now in after.items():
         was = before.get(host, {})
         figures = {"cpu_seconds": now["cpu_seconds"], **now["counters"]}
-        old = {"cpu_seconds": was.get("cpu_seconds", 0.0), **was.get("counters", {})}
-        result[host] = {k: v - old.get(k, 0) if v >= old.get(k, 0) else v for k, v in figures.items()}
+        result[host] = since({"cpu_seconds": was.get("cpu_seconds", 0.0), **was.get("counters", {})}, figures)
     return result
 
 
@@ -461,7 +458,6 @@ def publish(result: dict[str, Any], spec: Spec, seed: int, results_dir: Path) ->
     result.update({"run_id": run_id, "name": spec.name, "seed": seed, "commit": _commit(),
                    "spec": spec.description})  # fmt: skip
     latencies = result.pop("latencies")
-    result["verdict"]["latency_s"].setdefault("p50", percentile(latencies, 50))
     rows = summary(result, spec)
     return report.write(results_dir / run_id, result, latencies, rows), rows
 

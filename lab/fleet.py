@@ -3,7 +3,7 @@
 sshd's MaxStartups (10:30:100 by default) drops concurrent handshakes beyond 10, so connecting is
 bounded and retried. `api` speaks HTTP to the agent's unix socket through the SSH connection
 (a direct-streamlocal channel, as `ssh -L` does), so reading a host's tables costs the host no
-process; `ctl` runs `gossip-agent ctl --json` on the host for what only the host can do.
+process. Churn still runs `gossip-agent ctl churn` (CTL) on the host, which paces itself there.
 """
 
 from __future__ import annotations
@@ -94,10 +94,6 @@ class Fleet:
 
     async def run_all(self, command: str, hosts: Iterable[str] | None = None, check: bool = True) -> dict[str, Result]:
         return await self.each(lambda name: self.run(name, command, check), hosts)
-
-    async def ctl(self, host: str, *args: str) -> Any:
-        result = await self.run(host, " ".join([CTL, *args]))
-        return json.loads(result.stdout) if result.stdout.strip() else None
 
     async def api(self, host: str, method: str, path: str, body: Any = None, within: float = API_TIMEOUT) -> Any:
         """One request to the agent's control API on `host`; returns the decoded JSON answer."""

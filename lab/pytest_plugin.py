@@ -20,11 +20,10 @@ from typing import Any
 
 import pytest
 
-from .ansible import LabSpec, playbook
+from .ansible import ROOT, LabSpec, playbook
 from .experiment import publish, run_lab
 from .spec import Spec, parse
 
-ROOT = Path(__file__).resolve().parents[1]
 SCENARIO_LAB = ("sgs", "198.18.129.0/24")  # prefix and subnet of the lab the scenarios build
 
 

@@ -48,11 +48,6 @@ class Fault:
     at: float = 0.5  # seconds into the phase
     symmetric: bool = True
 
-    @property
-    def heals(self) -> bool:
-        """Whether the fault lasts and is healed (kill and restart are over when done)."""
-        return self.kind in ("partition", "pause", "loss", "delay")
-
 
 @dataclass(frozen=True, slots=True)
 class Churn:
