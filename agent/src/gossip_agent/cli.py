@@ -2,6 +2,8 @@
 
 gossip-agent sim --nodes 1000 --networks 4 --endpoints 10000 --seed 7 [--loss 0.1]
                  [--partition halves:5s-15s] [--crash 0.1@5s-20s] [--json out.json]
+gossip-agent sim --random --seeds 1-1000 [--jobs N] [--time-budget S]   (generated runs)
+gossip-agent sim --schedule results/vopr/seed-7.json                   (replay one schedule)
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .sim import CrashSpec, OptionError, PartitionSpec, SimOptions, Simulator, WorkloadSpec, spread_networks
+from .sim import CrashSpec, OptionError, PartitionSpec, SimOptions, Simulator, WorkloadSpec, spread_networks, vopr
 from .sim.partitions import SHAPES as PARTITION_SHAPES
+from .sim.schedule import Knobs, Schedule, generate
 
 
 class CliError(Exception):
@@ -43,6 +47,17 @@ def _fraction(text: str) -> float:
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {value}")
     return value
+
+
+def _int_range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    try:
+        first, last = int(low), int(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW-HIGH such as 3-9, got {text!r}") from None
+    if not 2 <= first <= last:
+        raise argparse.ArgumentTypeError(f"expected 2 <= LOW <= HIGH, got {text!r}")
+    return first, last
 
 
 def _latency(text: str) -> tuple[float, float]:
@@ -108,6 +123,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--json", metavar="FILE", help="write the full result as JSON to FILE")
     sim.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    gen = sim.add_argument_group(
+        "generated runs",
+        "--random draws, from each seed, a whole schedule of operations (writes, deletes, bursts, attach, "
+        "detach) and faults (crash, new life, leave, pause, cold start, partitions of every shape, loss, "
+        "duplication, delay, corruption, replays, forged clocks), checks safety at every step and liveness "
+        "after a quiet phase, and shrinks each failure to a small schedule written under --traces.",
+    )
+    gen.add_argument("--random", action="store_true", help="run generated schedules instead of a fixed workload")
+    gen.add_argument("--seeds", default="1-100", metavar="N|N-M|LIST", help="seeds to run (default 1-100)")
+    gen.add_argument("--node-range", type=_int_range, default=(3, 9), metavar="LOW-HIGH",
+                     help="nodes per generated run (default 3-9)")  # fmt: skip
+    gen.add_argument("--jobs", type=int, default=0, help="worker processes (default: one per core)")
+    gen.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop starting new seeds after this long")
+    gen.add_argument("--no-shrink", action="store_true", help="report failures without shrinking them")
+    gen.add_argument("--traces", default="results/vopr", metavar="DIR",
+                     help="where failures are written as JSON (default results/vopr)")  # fmt: skip
+    gen.add_argument("--show-schedule", action="store_true", help="print each seed's schedule as JSON")
+    gen.add_argument("--schedule", metavar="FILE",
+                     help="replay one schedule: a JSON schedule, or a trace (its shrunk schedule)")  # fmt: skip
     add_run_parser(sub)
     add_ctl_parser(sub)
     return parser
@@ -385,7 +419,88 @@ def summary(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _load_schedule(path: str) -> Schedule:
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise CliError(f"{path}: not JSON: {exc}") from None
+    if isinstance(data, dict) and "shrunk" in data:  # a trace: replay its smallest schedule
+        data = data["shrunk"]["schedule"]
+    elif isinstance(data, dict) and "schedule" in data:
+        data = data["schedule"]
+    try:
+        return Schedule.from_dict(data)
+    except ValueError as exc:
+        raise CliError(f"{path}: {exc}") from None
+
+
+def _say(outcome: vopr.Outcome) -> str:
+    what = "PASS" if outcome.valid else f"FAIL ({outcome.invariant})"
+    return f"{what}: seed {outcome.seed}, {outcome.nodes} nodes, {outcome.steps} steps, {outcome.wall_seconds:.2f} s"
+
+
+def run_schedule_file(args: argparse.Namespace) -> int:
+    schedule = _load_schedule(args.schedule)
+    try:
+        outcome = vopr.run_schedule(schedule)
+    except OptionError as exc:
+        raise CliError(f"{args.schedule}: {exc}") from None
+    if outcome.violation is not None:
+        print(json.dumps({"violation": outcome.violation, "views": outcome.views}, indent=1, default=str))
+    print(_say(outcome))
+    return 0 if outcome.valid else 1
+
+
+def run_random(args: argparse.Namespace) -> int:
+    try:
+        seeds = vopr.parse_seeds(args.seeds)
+        knobs = Knobs(nodes=args.node_range)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    replay_knobs = "" if args.node_range == (3, 9) else f" --node-range {args.node_range[0]}-{args.node_range[1]}"
+    if args.show_schedule:
+        for seed in seeds:
+            print(generate(seed, knobs).to_json())
+    workers = args.jobs or os.cpu_count() or 1
+    print(f"generated runs: {len(seeds)} seeds ({args.seeds}), {workers} workers, knobs {knobs}", flush=True)
+    progress = None if args.quiet else (lambda text: print(f"  ... {text}", file=sys.stderr, flush=True))
+    result = vopr.sweep(seeds, knobs, workers, args.time_budget, not args.no_shrink, progress)
+    ran = len(result.outcomes)
+    rate = ran / result.wall_seconds * 60 / workers if result.wall_seconds else 0.0
+    for outcome in result.failures:
+        replay = f"gossip-agent sim --random --seeds {outcome.seed}{replay_knobs}"
+        data = vopr.trace(outcome, knobs, replay, result.shrunk.get(outcome.seed))
+        try:
+            path = vopr.write_trace(Path(args.traces), data)
+        except OSError as exc:
+            raise CliError(f"cannot write traces to {args.traces}: {exc.strerror}") from None
+        print(_say(outcome))
+        print(f"  first violation: {json.dumps(outcome.violation, default=str)[:400]}")
+        print(f"  replay: {replay}")
+        shrunk = result.shrunk.get(outcome.seed)
+        if shrunk is not None:
+            print(f"  shrunk to {len(shrunk[0].steps)} of {outcome.steps} steps in {shrunk[1]} runs "
+                  f"({shrunk[2]:.1f} s); replay it: gossip-agent sim --schedule {path}")  # fmt: skip
+        print(f"  trace: {path}")
+    classes = result.by_invariant()
+    print(f"{ran} seeds run in {result.wall_seconds:.1f} s ({rate:.0f} seeds/min/core), {len(result.failures)} failed")
+    for invariant, failed in sorted(classes.items()):
+        more = " ..." if len(failed) > 20 else ""
+        print(f"  {invariant}: {len(failed)} (seeds {', '.join(map(str, failed[:20]))}{more})")
+    if ran < len(seeds):
+        print(f"time budget reached: {len(seeds) - ran} seeds not run")
+    verdict = "PASS" if not result.failures and ran else "FAIL"
+    print(f"{verdict}: {ran - len(result.failures)} passed, {len(result.failures)} failed")
+    return 0 if verdict == "PASS" else 1
+
+
 def run_sim(args: argparse.Namespace) -> int:
+    if args.schedule:
+        return run_schedule_file(args)
+    if args.random:
+        return run_random(args)
     try:
         options = sim_options(args)
         simulator = Simulator(options)

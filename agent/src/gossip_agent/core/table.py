@@ -45,7 +45,10 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """A stored version replaced another; `before`/`after` are what readers saw (None: nothing)."""
+    """A stored version replaced another; `before`/`after` are what readers saw (None: nothing).
+
+    `deleted`: what readers saw went away because its owner deleted it (a tombstone), not because
+    the owner died or left (a withdrawal, which the owner's return undoes)."""
 
     network: str
     table: str
@@ -53,6 +56,7 @@ class Change:
     before: TableEvent | None
     after: TableEvent | None
     at: float
+    deleted: bool = False
 
     @property
     def visible(self) -> bool:
@@ -139,7 +143,8 @@ class NetworkTable:
         entry = Entry(event, now, entry_hash(event))
         self.entries[key] = entry
         self._link(key, entry)
-        return Change(self.network, event.table, event.key, before, None if event.deleted else event, now)
+        after = None if event.deleted else event
+        return Change(self.network, event.table, event.key, before, after, now, event.deleted)
 
     def withdraw_owner(self, owner: str, now: float) -> list[Change]:
         """Hide every entry of an owner that died or left; forget how complete we were for it."""
@@ -226,7 +231,7 @@ class NetworkTable:
                     self._unlink(key, entry)
                     del self.entries[key]
                     if entry.visible:
-                        changes.append(Change(self.network, key[0], key[1], entry.event, None, now))
+                        changes.append(Change(self.network, key[0], key[1], entry.event, None, now, True))
         for owner, (mark, _) in peer.items():
             # Still holding withdrawn entries of this owner means the peer did not send them all
             # back (its set equals our visible part): raising the mark would hide them for good.

@@ -1,9 +1,9 @@
-"""What a simulated run must show: per network, every live member holds exactly the ground truth.
+"""What a simulated run must show: safety at every step, and per network, once quiet, every member
+holding exactly what the model says.
 
-The ground truth is the log of writes the workload made. The checker also records, for every
-node, when each entry version first became visible there (delivery latency) and watches the safety
-invariants at every step: no node outside a network ever receives or stores its entries, and no
-entry comes back after a delete that the node had already applied.
+The model (`GroundTruth`) follows the operations the run made. The `Observer` sees every visible
+change at every node as it happens: it records delivery latency and checks the safety invariants
+there, so a violation is caught at the step that made it, with the node and the entry.
 """
 
 from __future__ import annotations
@@ -27,51 +27,120 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank]
 
 
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """A safety invariant that failed: which, when, where, and the evidence."""
+
+    invariant: str  # scope | unwritten-value | resurrection | liveness-tables | liveness-membership
+    at: float
+    node: str
+    detail: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"invariant": self.invariant, "at": round(self.at, 6), "node": self.node, **self.detail}
+
+
 @dataclass(slots=True)
 class GroundTruth:
-    """The last write to every entry, as the workload issued it."""
+    """The model: what each owner's entries must be, from the operations the workload made.
 
-    last: dict[EntryId, TableEvent] = field(default_factory=dict)
+    For every owner and network, the result of the owner's own last operation on each key (a
+    value, or None once deleted). A detach deletes the owner's entries of that network (it writes
+    tombstones), and a new life (journal lost) deletes all of them: what an owner wrote before either
+    must be gone everywhere once the run is quiet. Every value ever written is remembered with its
+    place in the global order of writes, which the safety invariants use.
+    """
+
+    own: dict[tuple[str, str], dict[tuple[str, str], bytes | None]] = field(default_factory=dict)
+    written: dict[tuple[str, EntryId, bytes], int] = field(default_factory=dict)  # -> order of the write
     writes: int = 0
     per_network: dict[str, int] = field(default_factory=dict)
 
     def record(self, event: TableEvent) -> None:
         self.writes += 1
         self.per_network[event.network] = self.per_network.get(event.network, 0) + 1
-        self.last[(event.network, event.table, event.key)] = event
+        table = self.own.setdefault((event.owner, event.network), {})
+        table[(event.table, event.key)] = None if event.deleted else event.value
+        if not event.deleted:
+            self.written.setdefault((event.owner, (event.network, event.table, event.key), event.value), self.writes)
 
-    def expected(self, network: str, owners_alive: Iterable[str]) -> dict[tuple[str, str], tuple[str, bytes]]:
-        alive = set(owners_alive)
-        return {
-            (table, key): (event.owner, event.value)
-            for (net, table, key), event in self.last.items()
-            if net == network and not event.deleted and event.owner in alive
-        }
+    def delete_all(self, owner: str, network: str | None = None) -> None:
+        """The owner's entries (of one network, or all) are deleted: a detach, or a new life."""
+        for (who, net), table in self.own.items():
+            if who == owner and network in (None, net):
+                for key in table:
+                    table[key] = None
+
+    def order_of(self, event: TableEvent) -> int | None:
+        """When this value was written (the order of the write), or None: its owner never wrote it."""
+        return self.written.get((event.owner, (event.network, event.table, event.key), event.value))
+
+    def expected(self, network: str, owners_present: Iterable[str]) -> dict[tuple[str, str], tuple[str, bytes]]:
+        """The table every member of `network` must hold, given the owners up and attached to it."""
+        result = {}
+        for owner in owners_present:
+            for key, value in self.own.get((owner, network), {}).items():
+                if value is not None:
+                    result[key] = (owner, value)
+        return result
 
 
 @dataclass(slots=True)
 class Observer:
-    """Collects every visible change at every node, as it happens."""
+    """Sees every visible change at every node as it happens; checks the safety invariants there.
 
+    - scope: a node shows an entry only of a network it is attached to;
+    - unwritten-value: a node never shows a value its owner never wrote;
+    - resurrection: a node that saw an owner delete a version never again shows that version or
+      an older one of the same key (older in the order the owner wrote them).
+    """
+
+    truth: GroundTruth
     latencies: list[float] = field(default_factory=list)
     last_change: dict[tuple[str, str], float] = field(default_factory=dict)  # (node, network) -> time
-    resurrections: list[dict[str, Any]] = field(default_factory=list)
-    _deleted_at: dict[tuple[str, EntryId], int] = field(default_factory=dict)
+    violations: list[Violation] = field(default_factory=list)
+    _deleted: dict[tuple[str, EntryId], int] = field(default_factory=dict)  # (node, entry) -> order deleted
+    max_violations: int = 50
 
-    def on_change(self, node: str, change: Change) -> None:
+    def violate(self, invariant: str, at: float, node: str, **detail: Any) -> None:
+        if len(self.violations) < self.max_violations:
+            self.violations.append(Violation(invariant, at, node, detail))
+
+    @property
+    def resurrections(self) -> list[Violation]:
+        return [v for v in self.violations if v.invariant == "resurrection"]
+
+    def on_change(self, node: str, change: Change, attached: bool) -> None:
         self.last_change[(node, change.network)] = change.at
         entry = (change.network, change.table, change.key)
         if change.after is None:
-            assert change.before is not None
-            self._deleted_at[(node, entry)] = max(self._deleted_at.get((node, entry), 0), change.before.lamport)
+            if change.deleted and change.before is not None:
+                order = self.truth.order_of(change.before)
+                if order is not None:
+                    self._deleted[(node, entry)] = max(self._deleted.get((node, entry), 0), order)
             return
         event = change.after
+        if not attached:
+            self.violate("scope", change.at, node, entry=list(entry), owner=event.owner)
+        order = self.truth.order_of(event)
+        if order is None:
+            shown = event.value.decode(errors="replace")
+            self.violate("unwritten-value", change.at, node, entry=list(entry), owner=event.owner, value=shown)
+            return
         if event.owner != node:  # the writer's own copy has no delivery latency
             self.latencies.append(change.at - event.wall_ms / 1000)
-        deleted = self._deleted_at.get((node, entry))
-        if deleted is not None and event.lamport < deleted:
-            self.resurrections.append(
-                {"node": node, "entry": list(entry), "lamport": event.lamport, "deleted_at_lamport": deleted}
+        deleted = self._deleted.get((node, entry))
+        if deleted is not None and order <= deleted:
+            self.violate(
+                "resurrection",
+                change.at,
+                node,
+                entry=list(entry),
+                owner=event.owner,
+                value=event.value.decode(errors="replace"),
+                lamport=event.lamport,
+                write_order=order,
+                deleted_write_order=deleted,
             )
 
 
