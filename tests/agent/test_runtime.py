@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
 
 from gossip_agent.core.wire import TableEvent
 from gossip_agent.runtime.config import ConfigError, load, parse
-from gossip_agent.runtime.crypto import AuthError, Keyring, KeyringError, decode_key, new_key
+from gossip_agent.runtime.crypto import AuthError, Keyring, KeyringError, ReplayError, decode_key, new_key
 from gossip_agent.runtime.store import Journal
 
 from .agents import Cluster
@@ -66,6 +67,26 @@ def test_run_with_bad_config_prints_one_line_and_exits_2(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"gossip-agent: error: {config}: port: -1: expected a port number 1-65535"
     ]
+
+
+def test_keyring_refuses_replays_and_stale_messages():
+    key = decode_key(new_key())
+    sender, receiver = Keyring([key]), Keyring([key])
+    first, second = sender.seal(b"a"), sender.seal(b"b")
+    assert receiver.open(second) == b"b"
+    assert receiver.open(first) == b"a"  # reordered within the window: still fine
+    for again in (first, second):
+        with pytest.raises(ReplayError, match="seen before"):
+            receiver.open(again)
+    stale = sender.seal(b"c", now=time.time() - 3600)
+    with pytest.raises(ReplayError, match="too long ago"):
+        receiver.open(stale)
+    behind = sender.seal(b"d")
+    for _ in range(5000):  # the window slides past `behind` unseen
+        receiver.open(sender.seal(b"e"))
+    with pytest.raises(ReplayError, match="seen before"):
+        receiver.open(behind)
+    assert Keyring([key]).open(behind) == b"d"  # another receiver has not seen it
 
 
 def test_keyring_seals_opens_and_rotates(tmp_path):

@@ -32,8 +32,10 @@ class Config:
     push_pull_interval: float = 30.0
     # Seconds between attempts to reach one random dead member, so a healed partition merges.
     reconnect_interval: float = 5.0
-    # Seconds a dead member is remembered (and retried) before it is forgotten.
-    dead_retention: float = 3600.0
+    # Seconds a dead member is remembered (and retried, one random dead member per
+    # reconnect_interval) before it is forgotten: a partition shorter than this heals by itself.
+    # libnetwork retries failed nodes for 24 h.
+    dead_retention: float = 86400.0
 
     # --- gossip (both scopes) --------------------------------------------------------------------
     # Seconds between gossip rounds; every round each scope's pending events go to `fanout` members.

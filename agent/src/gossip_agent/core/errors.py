@@ -23,3 +23,12 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """A peer sent bytes that are not a valid message."""
+
+
+class OutOfScope(RemoteProtocolError):
+    """A sync frame of a network we are not in, refused before its body was validated."""
+
+    def __init__(self, network: str, kind: int) -> None:
+        super().__init__(f"sync frame of network {network!r}, which we are not in", "out_of_scope")
+        self.network = network
+        self.kind = kind

@@ -15,7 +15,21 @@ from dataclasses import dataclass, field
 from .config import Config
 from .errors import LocalProtocolError
 from .rng import Rng
-from .wire import Ack, Address, Alive, Dead, IndirectPing, Leave, MemberState, Message, Nack, Ping, Suspect
+from .wire import (
+    MAX_MEMBERS,
+    MAX_NAME,
+    Ack,
+    Address,
+    Alive,
+    Dead,
+    IndirectPing,
+    Leave,
+    MemberState,
+    Message,
+    Nack,
+    Ping,
+    Suspect,
+)
 
 
 class State(enum.IntEnum):
@@ -61,6 +75,11 @@ def transition(state: State, event: Input) -> State:
     except KeyError:
         raise LocalProtocolError(f"no transition from {state.name} on {event.value}") from None
 
+
+# How far above what we know of a member (0 for one we do not know) an incarnation may be. It grows
+# by one per refutation or restart; a larger jump is forged or corrupt, and believing it would make
+# its member refute towards 2**63, past which no peer can decode its Alive (the member stays dead).
+INCARNATION_WINDOW = 2**32
 
 LIVE = frozenset({State.ALIVE, State.SUSPECT})
 GONE = frozenset({State.DEAD, State.LEFT})
@@ -134,6 +153,9 @@ class Membership:
         # had, or hears it is suspected, is likely the slow one (a busy CPU, a blocked loop); it
         # then probes less often and waits longer, instead of accusing healthy peers.
         self.awareness = 0
+        self.implausible = 0  # messages dropped for an incarnation beyond INCARNATION_WINDOW
+        self.refused_members = 0  # new members refused because MAX_MEMBERS are known
+        self.forgotten: list[str] = []  # members dropped after dead_retention, for the node to clean up
 
     # --- outputs ------------------------------------------------------------------------------
 
@@ -200,11 +222,23 @@ class Membership:
         me.incarnation = self.incarnation
         self._broadcasts.append(Alive(self.name, self.incarnation, self.addr))
 
+    def _plausible(self, node: str, incarnation: int) -> bool:
+        member = self.members.get(node)
+        if incarnation - (member.incarnation if member is not None else 0) <= INCARNATION_WINDOW:
+            return True
+        self.implausible += 1
+        return False
+
     def on_alive(self, msg: Alive, now: float) -> None:
+        if not self._plausible(msg.node, msg.incarnation):
+            return
         if msg.node == self.name:
             return  # only we speak for ourselves (a stale Alive of ours is harmless)
         member = self.members.get(msg.node)
         if member is None:
+            if len(self.members) >= MAX_MEMBERS:
+                self.refused_members += 1  # forged Alives must not grow us without bound
+                return
             member = Member(msg.node, msg.addr, msg.incarnation, State.ALIVE, now)
             self.members[msg.node] = member
             self.alive_count += 1
@@ -220,6 +254,8 @@ class Membership:
         self._broadcasts.append(msg)
 
     def on_suspect(self, msg: Suspect, now: float) -> None:
+        if not self._plausible(msg.node, msg.incarnation):
+            return
         if msg.node == self.name:
             if msg.incarnation >= self.incarnation and not self.leaving:
                 self._refute(msg.incarnation)
@@ -253,6 +289,8 @@ class Membership:
         return suspicion.started + max(low, high - (high - low) * fraction)
 
     def on_dead(self, msg: Dead, now: float) -> None:
+        if not self._plausible(msg.node, msg.incarnation):
+            return
         if msg.node == self.name:
             if not self.leaving and msg.incarnation >= self.incarnation:
                 self._refute(msg.incarnation)
@@ -265,6 +303,8 @@ class Membership:
         self._broadcasts.append(msg)
 
     def on_leave(self, msg: Leave, now: float) -> None:
+        if not self._plausible(msg.node, msg.incarnation):
+            return
         if msg.node == self.name:
             # Our leave from a former life (we restarted at the same incarnation): we are back.
             if msg.incarnation >= self.incarnation and not self.leaving:
@@ -296,7 +336,8 @@ class Membership:
             else:
                 if s.node not in self.members and s.node != self.name:
                     continue
-                self.on_suspect(Suspect(s.node, s.incarnation, f"push-pull:{s.node}"), now)
+                # Named as a remote accuser of its own, cut to fit the wire's name limit.
+                self.on_suspect(Suspect(s.node, s.incarnation, f"push-pull:{s.node}"[:MAX_NAME]), now)
 
     def leave(self, now: float) -> Leave:
         """Announce a graceful leave; the returned message must be broadcast before exit."""
@@ -408,3 +449,4 @@ class Membership:
         for name, member in list(self.members.items()):
             if member.state in GONE and now - member.since > self.config.dead_retention:
                 del self.members[name]
+                self.forgotten.append(name)

@@ -19,11 +19,12 @@ from typing import Protocol
 from .broadcast import BroadcastQueue
 from .clock import LamportClock
 from .config import Config
-from .errors import LocalProtocolError, RemoteProtocolError
+from .errors import LocalProtocolError, OutOfScope, RemoteProtocolError
 from .membership import GONE, LIVE, Member, MemberChange, Membership, State
 from .rng import Rng
 from .table import Change, NetworkTable
 from .wire import (
+    MAX_ATTACHMENTS,
     Ack,
     Address,
     Alive,
@@ -31,6 +32,7 @@ from .wire import (
     IndirectPing,
     Leave,
     Message,
+    MessageType,
     Nack,
     NetworkDigest,
     NodeNetwork,
@@ -52,6 +54,17 @@ from .wire import (
 
 MAX_OUT_OF_SCOPE_NETWORKS = 256
 HOT_ROUNDS = 10  # rounds after a table change during which digests are sent even without events
+# How far ahead of our own clock a Lamport time from the wire may be. Clocks start at wall-clock
+# microseconds (see `Node`) and move by one per write; 2**50 us is 35 years of start times apart.
+# A time beyond this is forged or corrupt, and witnessing it would push our clock towards 2**63,
+# past which nothing we send can be decoded (moby's NetworkDB and memberlist have no such bound).
+LAMPORT_WINDOW = 2**50
+# Membership and attachment news the cluster queue holds.
+MAX_CLUSTER_BACKLOG = 4096
+# Pings and indirect pings answered per datagram; an honest one carries one.
+MAX_PROBES_PER_DATAGRAM = 2
+# Sync responses we owe a push for: at most this many (peer, network) pairs are remembered.
+MAX_EXPECTED_PUSHES = 1024
 
 
 class StaticCluster(Protocol):
@@ -89,6 +102,10 @@ class _NetworkState:
     mismatch_rounds: int = 0
     syncing: int | None = None  # id of the stream of a sync in flight
     needs_join_sync: bool = True
+    # Until one sync of this network has completed in this life, we report watermark 0 for our own
+    # entries, so the first peer we sync with sends back every entry it holds in our name: what a
+    # former life wrote (journal lost) or what we deleted before a detach must be seen to be undone.
+    own_synced: bool = False
     returned: set[str] = field(default_factory=set)  # members back from the dead, not yet synced with
 
 
@@ -105,6 +122,9 @@ class Node:
         incarnation: int = 0,
         static: StaticCluster | None = None,
     ) -> None:
+        """`lamport`: where the clock starts. Callers start it at least at wall-clock microseconds:
+        a new life whose journal was lost cannot know the times its former life wrote, and times
+        reused below what peers hold as complete would never be synced to them."""
         self.name = name
         self.addr = addr
         self.config = config
@@ -117,7 +137,8 @@ class Node:
         self.attachments: dict[tuple[str, str], NodeNetwork] = {}
         self._peers_cache: dict[str, list[str]] = {}
         self.networks: dict[str, _NetworkState] = {}
-        self.cluster_queue = BroadcastQueue()
+        # What does not fit travels by push-pull: forged or storming news must not grow it for ever.
+        self.cluster_queue = BroadcastQueue(MAX_CLUSTER_BACKLOG)
         self._header = datagram_header(name)
         self._space = config.packet_size - len(self._header) - 3
         self.next_gossip_at = now + rng.random() * config.gossip_interval
@@ -131,6 +152,9 @@ class Node:
         self.stats: dict[str, int] = {}
         self.out_of_scope: dict[str, int] = {}  # network -> dropped, see _out_of_scope
         self.left = False
+        # (peer, network) -> deadline: we answered the peer's sync request and accept one push back.
+        self._expected_pushes: dict[tuple[str, str], float] = {}
+        self._left_tables: dict[str, NetworkTable] = {}  # networks we left: our tombstones there
 
     # === helpers ===================================================================================
 
@@ -206,11 +230,16 @@ class Node:
         return self._pick(self.peers_in(network), count)
 
     def owner_ok(self, network: str, owner: str) -> bool:
-        """Whether entries of `owner` in `network` may be stored: not dead, left or detached."""
-        if owner == self.name or self.static is not None:
+        """Whether entries of `owner` in `network` may be stored from a peer: not ours (only our own
+        writes make those, see `_answer_own`), and the owner not dead, left or detached."""
+        if owner == self.name:
+            return False
+        if self.static is not None:
             return True
+        # An owner we do not know alive is not taken in: were it dead already, nothing would ever
+        # withdraw its entries. Its entries reach us by sync once its Alive has (digests differ).
         state = self.membership.state_of(owner)
-        if state is not None and state in GONE:
+        if state is None or state in GONE:
             return False
         record = self.attachments.get((owner, network))
         return record is None or record.attached
@@ -251,8 +280,15 @@ class Node:
     def attach(self, network: str, now: float) -> None:
         if network in self.networks:
             return
+        table = self._left_tables.pop(network, None)
+        if table is None:
+            table = NetworkTable(network)
+        else:  # the tombstones we kept: their owners may have left or died while we were away
+            for owner in table.owners():
+                if owner != self.name and not self.owner_ok(network, owner):
+                    table.withdraw_owner(owner, now)
         state = _NetworkState(
-            NetworkTable(network),
+            table,
             BroadcastQueue(self.config.rumor_backlog_limit),
             now + self.config.bulk_sync_interval * (0.5 + self.rng.random()),
         )
@@ -268,6 +304,8 @@ class Node:
         # Push our tombstones out before we stop gossiping for this network.
         self._gossip_network(network, state, now, final=True)
         del self.networks[network]
+        state.table.keep_after_leaving(self.name)
+        self._left_tables[network] = state.table
         self._set_attachment(NodeNetwork(self.name, network, self.clock.tick(), False))
 
     def _set_attachment(self, record: NodeNetwork) -> None:
@@ -337,7 +375,15 @@ class Node:
             return
         if self.left:
             return
+        probes = 0
         for message in messages:
+            if isinstance(message, Ping | IndirectPing):
+                # Each is answered with a datagram: a datagram full of them must not make us a
+                # 4,096-fold amplifier towards a spoofed source.
+                probes += 1
+                if probes > MAX_PROBES_PER_DATAGRAM:
+                    self.count("dropped_probe_flood")
+                    continue
             self._handle_message(sender, addr, message, now)
         self._drain_membership(now)
 
@@ -366,14 +412,55 @@ class Node:
         elif isinstance(msg, NodeNetwork):
             self._on_attachment(msg, now)
 
+    def _clock_ok(self, lamport: int) -> bool:
+        if lamport - self.clock.time <= LAMPORT_WINDOW:
+            return True
+        self.count("dropped_clock_jump")
+        return False
+
+    def _answer_own(self, state: _NetworkState, event: TableEvent, now: float) -> None:
+        """A peer holds `event` in our name. We are the only writer of our entries, so unless it is
+        exactly what we hold (or older), it is a forgery, our former life's, or something we deleted
+        and forgot: we never adopt it, we re-assert what we hold (or a tombstone) at a newer time."""
+        held = state.table.get(event.table, event.key)
+        if held is not None and state.table.newer_or_same(held.event, event):
+            return
+        self.clock.witness(event.lamport)
+        value, deleted = (held.event.value, False) if held is not None and not held.event.deleted else (b"", True)
+        self.count("own_reasserted")
+        self._write(event.network, event.table, event.key, value, deleted, now, event.wall_ms)
+
+    def _heed_mark_for_us(self, state: _NetworkState, digest: dict[str, tuple[int, int]], now: float) -> None:
+        """A peer's digest says it holds all our writes up to `mark`. If that is past our latest
+        write here, a former life of ours (journal lost) wrote up to there: what we wrote since at
+        times up to `mark` would never be synced to that peer, which believes itself complete. So
+        our clock moves past the mark, and those entries of ours are written again, above it."""
+        mark = digest.get(self.name, (0, 0))[0]
+        table = state.table
+        if mark <= table.watermarks.get(self.name, 0) or not self._clock_ok(mark):
+            return
+        self.clock.witness(mark)
+        for entry in [e for e in table.owned_by(self.name) if e.event.lamport <= mark]:
+            old = entry.event
+            self.count("own_rewritten")
+            self._write(old.network, old.table, old.key, old.value, old.deleted, now, old.wall_ms)
+
     def _on_table_event(self, event: TableEvent, now: float) -> None:
         self.count("events_in")
         state = self.networks.get(event.network)
         if state is None:
             self._out_of_scope(event.network)
             return
+        if not self._clock_ok(event.lamport):
+            return
+        if event.owner == self.name:
+            self._answer_own(state, event, now)
+            return
         if not self.owner_ok(event.network, event.owner):
             self.count("dropped_owner_gone")
+            return
+        if state.table.reaped_since(event):
+            self.count("dropped_reaped")
             return
         self.clock.witness(event.lamport)
         change = state.table.apply(event, now)
@@ -407,6 +494,11 @@ class Node:
         current = self.attachments.get(key)
         if current is not None and current.lamport >= msg.lamport:
             return
+        if not self._clock_ok(msg.lamport):
+            return
+        if current is None and len(self.attachments) >= MAX_ATTACHMENTS and msg.node not in self.membership.members:
+            self.count("dropped_attachment_limit")  # records of nodes no one knows, by the thousand
+            return
         self.clock.witness(msg.lamport)
         if msg.node == self.name:
             # A record of ours from before a restart: re-assert what is true now, newer.
@@ -430,6 +522,12 @@ class Node:
     def _drain_membership(self, now: float) -> None:
         """Move membership's outputs on: probes out, broadcasts queued, changes applied."""
         m = self.membership
+        if m.implausible:
+            self.count("dropped_implausible_incarnation", m.implausible)
+            m.implausible = 0
+        if m.refused_members:
+            self.count("dropped_member_limit", m.refused_members)
+            m.refused_members = 0
         for addr, msg in m.take_outbox():
             self._send_with_piggyback(addr, msg)
         for msg in m.take_broadcasts():
@@ -442,9 +540,10 @@ class Node:
         self._peers_cache.clear()
         name = change.name
         if change.after in GONE:
-            for network, state in self.networks.items():
-                if (name, network) in self.attachments:
-                    self._changes.extend(state.table.withdraw_owner(name, now))
+            # Every network, whether or not its attachment record reached us: entries can arrive
+            # (by sync) before the record that says their owner is in the network.
+            for state in self.networks.values():
+                self._changes.extend(state.table.withdraw_owner(name, now))
         elif change.after == State.ALIVE and change.before in GONE:
             # A member came back (restart or healed partition): fetch its entries at once, or as
             # soon as this network's sync slot is free (a heal brings many back together).
@@ -472,7 +571,12 @@ class Node:
     def handle_stream(self, data: bytes, now: float) -> bytes:
         """Answer one incoming stream frame; a bad frame gets an empty answer and is counted."""
         try:
-            sender, msg = decode_frame(data, self.config.max_frame_bytes)
+            sender, msg = decode_frame(data, self.config.max_frame_bytes, self.networks.__contains__)
+        except OutOfScope as exc:
+            self._out_of_scope(exc.network)
+            if exc.kind != MessageType.SYNC_REQUEST:
+                return b""
+            return encode_frame(self.name, SyncResponse(exc.network, (), {}, (), False))  # not a member
         except RemoteProtocolError as exc:
             self.count(f"dropped_stream_{exc.reason}")
             return b""
@@ -482,26 +586,43 @@ class Node:
             self._merge_push_pull(msg, now)
             reply = self._push_pull(join=False)
         elif isinstance(msg, SyncRequest):
-            state = self.networks.get(msg.network)
-            if state is None:
-                self._out_of_scope(msg.network)
-                reply = SyncResponse(msg.network, (), {}, (), False)
-            else:
-                events, full = state.table.delta_for(msg.digest)
-                self.count("sync_entries_out", len(events))
-                reply = SyncResponse(msg.network, tuple(events), state.table.sync_digest(), tuple(full), True)
+            state = self.networks[msg.network]  # decode_frame refused networks we are not in
+            self._heed_mark_for_us(state, msg.digest, now)
+            events, full = state.table.delta_for(msg.digest, sender)
+            self.count("sync_entries_out", len(events))
+            reply = SyncResponse(msg.network, tuple(events), self._sync_digest(state), tuple(full), True)
+            self._expect_push(sender, msg.network, now)
         elif isinstance(msg, SyncPush):
+            if self._expected_pushes.pop((sender, msg.network), -1.0) < now:
+                # Only the second half of a sync we answered may vouch for entries: an unsolicited
+                # push could claim any owner complete and erase what we hold of it.
+                self.count("dropped_stream_unsolicited")
+                return b""
             self._absorb(msg.network, msg.entries, msg.digest, msg.full_owners, now)
-            state = self.networks.get(msg.network)
-            if state is not None and self.owner_ok(msg.network, sender):
+            pushed = self.networks.get(msg.network)
+            if pushed is not None and self.owner_ok(msg.network, sender):
                 # A returner synced with us and pushed what we lacked: our sync with it is done.
-                state.returned.discard(sender)
+                pushed.returned.discard(sender)
             reply = StreamAck()
         else:
             self.count("dropped_stream_unexpected")
             return b""
         self._drain_membership(now)
         return encode_frame(self.name, reply)
+
+    def _expect_push(self, peer: str, network: str, now: float) -> None:
+        pushes = self._expected_pushes
+        pushes.pop((peer, network), None)
+        if len(pushes) >= MAX_EXPECTED_PUSHES:
+            del pushes[next(iter(pushes))]  # the oldest: its sync has most likely timed out
+        # The peer absorbs our reply before it pushes: allow it the stream timeout twice.
+        pushes[(peer, network)] = now + 2 * self.config.stream_timeout
+
+    def _sync_digest(self, state: _NetworkState) -> dict[str, tuple[int, int]]:
+        digest = state.table.sync_digest()
+        if not state.own_synced:
+            digest[self.name] = (0, digest.get(self.name, (0, 0))[1])
+        return digest
 
     def on_stream_reply(self, sid: int, data: bytes | None, now: float) -> None:
         """The reply to a stream we opened; None when it failed (refused, timed out, reset)."""
@@ -525,7 +646,7 @@ class Node:
                     state.returned.add(pending.peer)
             return
         try:
-            _, msg = decode_frame(data, self.config.max_frame_bytes)
+            _, msg = decode_frame(data, self.config.max_frame_bytes, self.networks.__contains__)
         except RemoteProtocolError as exc:
             self.count(f"dropped_stream_{exc.reason}")
             return
@@ -534,6 +655,9 @@ class Node:
             if pending.kind == "join":
                 self.count("joined")
         elif isinstance(msg, SyncResponse) and pending.kind == "sync" and state is not None:
+            if msg.network != pending.network:
+                self.count("dropped_stream_wrong_network")
+                return
             self._finish_sync(pending, state, msg, now)
         elif isinstance(msg, StreamAck) and pending.kind == "sync-push":
             self.count("syncs_completed")
@@ -553,7 +677,7 @@ class Node:
         addr = self.address_of(peer)
         if addr is None:
             return
-        digest = state.table.sync_digest()
+        digest = self._sync_digest(state)
         state.syncing = self._open_stream("sync", addr, SyncRequest(network, digest), now, peer, network, why)
         self.count(f"syncs_{why}")
 
@@ -562,15 +686,19 @@ class Node:
             return
         received = {(e.table, e.key, e.lamport) for e in msg.entries}
         self._absorb(msg.network, msg.entries, msg.digest, msg.full_owners, now)
+        state.own_synced = True
         if pending.why == "return":
             # One returner's table holds what its side has (a heal brings a whole side back):
             # syncing with each of them again would mostly fetch the same entries. A returner
             # whose entries we now hold exactly as this peer does is not synced with again.
             state.returned = {r for r in state.returned if not state.table.holds_as(r, msg.digest)}
-        events, full = state.table.delta_for(msg.digest)
-        events = [e for e in events if (e.table, e.key, e.lamport) not in received]
+        events, full = state.table.delta_for(msg.digest, pending.peer or "")
+        # What the peer just sent us it has; but a full owner's set must go whole, or the peer
+        # would take the missing ones for reaped deletes and drop its own copies.
+        in_full = set(full)
+        events = [e for e in events if e.owner in in_full or (e.table, e.key, e.lamport) not in received]
         addr = self.address_of(pending.peer) if pending.peer else None
-        digest = state.table.sync_digest()
+        digest = self._sync_digest(state)
         if addr is not None and (events or full or digest != msg.digest):
             self.count("sync_entries_out", len(events))
             push = SyncPush(msg.network, tuple(events), digest, tuple(full))
@@ -590,10 +718,22 @@ class Node:
         if state is None:
             self._out_of_scope(network, max(1, len(events)))
             return
-        for event in events:
-            self.clock.witness(event.lamport)
         self.count("sync_entries_in", len(events))
-        changes = state.table.absorb(events, digest, full, now, lambda owner: self.owner_ok(network, owner))
+        self._heed_mark_for_us(state, digest, now)
+        theirs = []
+        for event in events:
+            if not self._clock_ok(event.lamport):
+                continue
+            if event.owner == self.name:
+                self._answer_own(state, event, now)
+            else:
+                self.clock.witness(event.lamport)
+                theirs.append(event)
+        # A mark beyond our clock's window vouches for writes that cannot have happened; and no
+        # peer vouches for our own entries.
+        digest = {o: v for o, v in digest.items() if v[0] - self.clock.time <= LAMPORT_WINDOW and o != self.name}
+        full = [o for o in full if o in digest]
+        changes = state.table.absorb(theirs, digest, full, now, lambda owner: self.owner_ok(network, owner))
         self._changes.extend(changes)
         if changes:
             state.hot_until = now + HOT_ROUNDS * self.config.gossip_interval
@@ -635,11 +775,21 @@ class Node:
             self.next_reap_at = now + min(60.0, self.config.tombstone_ttl)
             for state in self.networks.values():
                 self.count("reaped", state.table.reap(now, self.config.tombstone_ttl))
+            for network, table in list(self._left_tables.items()):
+                table.reap(now, self.config.tombstone_ttl)
+                if not table.entries:
+                    del self._left_tables[network]
 
     def _tick_cluster(self, now: float) -> None:
         m = self.membership
         m.tick(now)
         target = m.reconnect_target(now)
+        if m.forgotten:
+            gone = set(m.forgotten)
+            m.forgotten.clear()
+            for key in [k for k in self.attachments if k[0] in gone]:
+                del self.attachments[key]
+            self._peers_cache.clear()
         if target is not None:
             self._open_stream("push-pull", target.addr, self._push_pull(join=False), now, target.name)
         if now >= self.next_push_pull_at:

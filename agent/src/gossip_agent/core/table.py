@@ -27,8 +27,16 @@ EntryKey = tuple[str, str]  # (table, key)
 
 
 def entry_hash(event: TableEvent) -> int:
-    text = f"{event.owner}\x00{event.table}\x00{event.key}\x00{event.lamport}\x00{event.deleted:d}"
-    return int.from_bytes(blake2b(text.encode(), digest_size=8).digest(), "big")
+    """64 bits of the whole version, value included: two holders of one (owner, key, time) with
+    different values (a time reused after a lost journal) must see that they differ."""
+    text = f"{event.owner}\x00{event.table}\x00{event.key}\x00{event.lamport}\x00{event.deleted:d}\x00"
+    return int.from_bytes(blake2b(text.encode() + event.value, digest_size=8).digest(), "big")
+
+
+def version(event: TableEvent) -> tuple[int, str, bool, bytes]:
+    """The merge order: the higher version wins; the value breaks a tie no honest owner makes, so
+    that every holder picks the same one."""
+    return event.lamport, event.owner, event.deleted, event.value
 
 
 @dataclass(slots=True)
@@ -90,8 +98,11 @@ class NetworkTable:
     def get(self, table: str, key: str) -> Entry | None:
         return self.entries.get((table, key))
 
-    def owners(self) -> Iterable[str]:
-        return self._by_owner.keys()
+    def owners(self) -> list[str]:
+        return list(self._by_owner)
+
+    def owned_by(self, owner: str) -> list[Entry]:
+        return list(self._by_owner.get(owner, {}).values())
 
     # --- merging ------------------------------------------------------------------------------
 
@@ -135,7 +146,7 @@ class NetworkTable:
                 # The owner's own version at the same time restores a withdrawn entry.
                 if (event.lamport, event.owner) < (old.lamport, old.owner):
                     return None
-            elif (event.lamport, event.owner, event.deleted) <= (old.lamport, old.owner, old.deleted):
+            elif version(event) <= version(old):
                 return None
             if current.visible:
                 before = old
@@ -145,6 +156,16 @@ class NetworkTable:
         self._link(key, entry)
         after = None if event.deleted else event
         return Change(self.network, event.table, event.key, before, after, now, event.deleted)
+
+    def reaped_since(self, event: TableEvent) -> bool:
+        """Whether `event` may predate a tombstone of its owner's that we reaped: we hold nothing of
+        its key, and the owner's reaped deletes reach its time. Such a copy is a replay or a
+        straggler that the delete was meant to supersede."""
+        return (event.table, event.key) not in self.entries and event.lamport <= self.reaped.get(event.owner, 0)
+
+    @staticmethod
+    def newer_or_same(held: TableEvent, other: TableEvent) -> bool:
+        return version(held) >= version(other)
 
     def withdraw_owner(self, owner: str, now: float) -> list[Change]:
         """Hide every entry of an owner that died or left; forget how complete we were for it."""
@@ -161,6 +182,16 @@ class NetworkTable:
             if was_visible:
                 changes.append(Change(self.network, key[0], key[1], entry.event, None, now))
         return changes
+
+    def keep_after_leaving(self, owner: str) -> None:
+        """We left the network: forget other owners' live entries and every mark but `owner`'s;
+        keep `owner`'s entries and every tombstone until reaped, so that coming back we neither
+        claim our own history without its deletes nor show again what we saw deleted."""
+        for key, entry in list(self.entries.items()):
+            if entry.event.owner != owner and not entry.event.deleted:
+                self._unlink(key, entry)
+                del self.entries[key]
+        self.watermarks = {o: m for o, m in self.watermarks.items() if o == owner}
 
     def reap(self, now: float, ttl: float) -> int:
         """Forget tombstones and withdrawn entries older than `ttl`; returns how many."""
@@ -189,8 +220,13 @@ class NetworkTable:
         """We hold the same entries of `owner` as a peer with digest `peer`, none withdrawn."""
         return owner not in self._withdrawn and self._owner_hash.get(owner, 0) == peer.get(owner, (0, 0))[1]
 
-    def delta_for(self, peer: OwnerDigest) -> tuple[list[TableEvent], list[str]]:
-        """Entries a peer with digest `peer` lacks, and the owners sent in full."""
+    def delta_for(self, peer: OwnerDigest, peer_name: str = "") -> tuple[list[TableEvent], list[str]]:
+        """Entries a peer with digest `peer` lacks, and the owners sent in full.
+
+        To the owner itself (`peer_name`) we also send what we hold *below* its mark when we claim
+        to be as complete as it is and still differ: those are copies it does not hold, such as a
+        former life's entries or deletes whose tombstones never reached us, and only the owner can
+        undo them (it answers with newer versions). No one else is shown them."""
         events: list[TableEvent] = []
         full: list[str] = []
         for owner, bucket in self._by_owner.items():
@@ -199,6 +235,8 @@ class NetworkTable:
                 continue  # identical sets of this owner's entries: nothing to send
             if mark < self.reaped.get(owner, 0):
                 full.append(owner)
+                events.extend(e.event for e in bucket.values() if not e.withdrawn)
+            elif owner == peer_name and self.watermarks.get(owner, 0) >= mark:
                 events.extend(e.event for e in bucket.values() if not e.withdrawn)
             else:
                 events.extend(e.event for e in bucket.values() if not e.withdrawn and e.event.lamport > mark)

@@ -4,7 +4,16 @@ As in memberlist, the first key is primary (used to encrypt); every installed ke
 decrypt. A cluster rotates with no downtime: install the new key everywhere, make it primary
 everywhere, remove the old one everywhere.
 
-Sealed format: version byte (1) | 12-byte random nonce | ciphertext with 16-byte tag.
+Sealed format (version 2): version byte | 6-byte send time (ms since the epoch) | 12-byte nonce =
+4-byte sender epoch (random per keyring, i.e. per process life) + 8-byte counter | ciphertext with
+16-byte tag; the version byte and send time are authenticated as associated data.
+
+Anti-replay, as IPsec and WireGuard do it: a receiver keeps, per sender epoch, the highest counter
+seen and a sliding window of the counters below it, and drops a sealed message whose counter it has
+seen or that fell out of the window; a message sent more than `max_age` seconds ago (by its
+authenticated send time) is dropped whatever the receiver remembers, so a capture replayed after a
+restart of the receiver, or after tombstones were reaped, is refused. This needs host clocks
+within `max_age` of each other (NTP does far better).
 """
 
 from __future__ import annotations
@@ -14,12 +23,18 @@ import binascii
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
-VERSION = b"\x01"
+VERSION = b"\x02"
+STAMP = 6  # bytes of the send time in milliseconds
 NONCE = 12
-AAD = b"gossip-agent/1"
+HEADER = 1 + STAMP + NONCE
+AAD = b"gossip-agent/2"
+REPLAY_WINDOW = 4096  # counters below the highest seen that are still told apart
+MAX_EPOCHS = 4096  # sender epochs remembered (one per live peer process, plus churn)
+MAX_AGE = 120.0  # seconds a sealed message stays acceptable
 
 
 class KeyringError(Exception):
@@ -28,6 +43,37 @@ class KeyringError(Exception):
 
 class AuthError(Exception):
     """A sealed message that no installed key opens."""
+
+
+class ReplayError(AuthError):
+    """An authentic sealed message that was seen before, or is too old to tell."""
+
+
+class ReplayGuard:
+    """Per sender epoch: the highest counter seen and a bitmap of the `REPLAY_WINDOW` below it."""
+
+    def __init__(self, max_age: float = MAX_AGE) -> None:
+        self.max_age = max_age
+        self._epochs: dict[bytes, tuple[int, int]] = {}  # epoch -> (highest counter, bitmap)
+
+    def check(self, epoch: bytes, counter: int, sent_ms: int, now: float) -> None:
+        """Raise ReplayError for a replayed or stale message; otherwise remember it."""
+        if abs(now * 1000 - sent_ms) > self.max_age * 1000:
+            raise ReplayError("sent too long ago (or the clocks differ by more than the maximum age)")
+        highest, seen = self._epochs.pop(epoch, (-1, 0))
+        if counter > highest:
+            shift = counter - highest
+            seen = ((seen << shift) | 1) & ((1 << REPLAY_WINDOW) - 1) if shift < REPLAY_WINDOW else 1
+            highest = counter
+        else:
+            back = highest - counter
+            if back >= REPLAY_WINDOW or seen >> back & 1:
+                self._epochs[epoch] = (highest, seen)
+                raise ReplayError("seen before, or older than the replay window")
+            seen |= 1 << back
+        self._epochs[epoch] = (highest, seen)  # re-inserted: the dict keeps the most recent last
+        if len(self._epochs) > MAX_EPOCHS:
+            del self._epochs[next(iter(self._epochs))]
 
 
 def decode_key(text: str) -> bytes:
@@ -68,6 +114,9 @@ class Keyring:
 
         self._invalid_tag = InvalidTag
         self.path = path
+        self._epoch = os.urandom(4)
+        self._counter = 0
+        self.guard = ReplayGuard()
 
     @classmethod
     def load(cls, path: Path) -> Keyring:
@@ -84,19 +133,26 @@ class Keyring:
     def fingerprints(self) -> list[str]:
         return [fingerprint(k) for k in self._keys]
 
-    def seal(self, data: bytes) -> bytes:
-        nonce = os.urandom(NONCE)
-        return VERSION + nonce + self._ciphers[0].encrypt(nonce, data, AAD)
+    def seal(self, data: bytes, now: float | None = None) -> bytes:
+        self._counter += 1
+        stamp = int((time.time() if now is None else now) * 1000).to_bytes(STAMP, "big")
+        nonce = self._epoch + self._counter.to_bytes(8, "big")
+        return VERSION + stamp + nonce + self._ciphers[0].encrypt(nonce, data, AAD + VERSION + stamp)
 
-    def open(self, sealed: bytes) -> bytes:
-        if len(sealed) < 1 + NONCE + 16 or sealed[:1] != VERSION:
+    def open(self, sealed: bytes, now: float | None = None) -> bytes:
+        """The plaintext of an authentic message seen for the first time; AuthError otherwise."""
+        if len(sealed) < HEADER + 16 or sealed[:1] != VERSION:
             raise AuthError("not a sealed message")
-        nonce, body = sealed[1 : 1 + NONCE], sealed[1 + NONCE :]
+        stamp, nonce, body = sealed[1 : 1 + STAMP], sealed[1 + STAMP : HEADER], sealed[HEADER:]
         for cipher in self._ciphers:
             try:
-                return cipher.decrypt(nonce, body, AAD)
+                data: bytes = cipher.decrypt(nonce, body, AAD + VERSION + stamp)
             except self._invalid_tag:
                 continue
+            # Checked only once authentic: a forger must not be able to fill the window.
+            sent = int.from_bytes(stamp, "big")
+            self.guard.check(nonce[:4], int.from_bytes(nonce[4:], "big"), sent, time.time() if now is None else now)
+            return data
         raise AuthError("no installed key opens it")
 
     # --- rotation (each change is written back to the file, mode 0600) ---------------------------

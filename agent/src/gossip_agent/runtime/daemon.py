@@ -25,6 +25,7 @@ from .crypto import Keyring
 from .store import Journal
 from .transport import Fault, Transport
 
+LAMPORT_LEASE = 10_000  # Lamport ticks leased per durable journal write
 log = logging.getLogger("gossip_agent")
 
 
@@ -41,7 +42,9 @@ class Agent:
             config.protocol,
             random.Random(),
             self.loop.time(),
-            lamport=self.journal.meta("lamport"),
+            # Above every time the last life may have sent (its lease was made durable before use),
+            # and, for a life whose journal was lost, above what its former life could have reached.
+            lamport=max(self.journal.meta("lamport"), self.journal.meta("lamport_lease"), int(time.time() * 1e6)),
             # A new life: peers may hold our graceful leave or our death at the saved incarnation,
             # which an Alive at the same one could not overturn.
             incarnation=self.journal.meta("incarnation") + 1,
@@ -60,6 +63,8 @@ class Agent:
         # for a time already past.
         self._timer: asyncio.Handle | None = None
         self._timer_at = 0.0
+        self._lamport_lease = 0
+        self._next_journal_prune = 0.0
         self._saved_incarnation = self.node.membership.incarnation
         self.journal.set_meta("incarnation", self._saved_incarnation)  # the next life starts above it
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -98,10 +103,20 @@ class Agent:
             self.node.membership.health(+1)
             self.node.count("loop_stalls")
         self.node.tick(now)
+        if now >= self._next_journal_prune:
+            # A host that deletes all day must not keep every tombstone until its next restart.
+            self._next_journal_prune = now + min(3600.0, self.config.protocol.tombstone_ttl)
+            self.journal.prune(self.wall_ms(), self.config.protocol.tombstone_ttl)
         self._pump()
 
     def _pump(self) -> None:
         node = self.node
+        if node.clock.time >= self._lamport_lease:
+            # Lease Lamport time ahead, durably, before any of it leaves this host: the journal's
+            # own writes are synchronous=NORMAL and an OS crash may lose the last of them, and a
+            # restart that reused a time would give two values one version.
+            self._lamport_lease = node.clock.time + LAMPORT_LEASE
+            self.journal.lease_lamport(self._lamport_lease)
         for addr, data in node.take_datagrams():
             self.transport.send(addr, data)
         for request in node.take_streams():

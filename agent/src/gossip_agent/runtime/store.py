@@ -69,13 +69,25 @@ class Journal:
             "INSERT INTO meta VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value=excluded.value", (name, value)
         )
 
+    def lease_lamport(self, value: int) -> None:
+        """Record, durably (fsync), that this life may use Lamport times up to `value`."""
+        self.db.execute("PRAGMA synchronous=FULL")
+        try:
+            self.set_meta("lamport_lease", value)
+        finally:
+            self.db.execute("PRAGMA synchronous=NORMAL")
+
     def meta(self, name: str) -> int:
         row = self.db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
         return 0 if row is None else int(row[0])
 
+    def prune(self, now_ms: int, tombstone_ttl: float) -> None:
+        """Forget tombstones older than the TTL (peers have reaped theirs by now)."""
+        self.db.execute("DELETE FROM entries WHERE deleted = 1 AND wall_ms < ?", (now_ms - int(tombstone_ttl * 1000),))
+
     def load(self, now_ms: int, tombstone_ttl: float) -> list[TableEvent]:
         """Own entries to re-announce; tombstones older than the TTL are dropped first."""
-        self.db.execute("DELETE FROM entries WHERE deleted = 1 AND wall_ms < ?", (now_ms - int(tombstone_ttl * 1000),))
+        self.prune(now_ms, tombstone_ttl)
         rows = self.db.execute("SELECT network, tbl, key, value, lamport, wall_ms, deleted FROM entries").fetchall()
         return [TableEvent(n, t, k, bytes(v), self.owner, lam, wall, bool(d)) for n, t, k, v, lam, wall, d in rows]
 

@@ -17,7 +17,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .crypto import AuthError, Keyring
+from .crypto import AuthError, Keyring, ReplayError
 
 log = logging.getLogger("gossip_agent.transport")
 LENGTH = struct.Struct(">I")
@@ -72,6 +72,9 @@ class Transport(asyncio.DatagramProtocol):
         if self.keyring is not None:
             try:
                 data = self.keyring.open(data)
+            except ReplayError:
+                self.count("dropped_replayed")
+                return
             except AuthError:
                 self.count("dropped_auth_failed")
                 return
@@ -97,7 +100,10 @@ class Transport(asyncio.DatagramProtocol):
 
     def _send_now(self, addr: tuple[str, int], data: bytes) -> None:
         if self._udp is not None and not self._udp.is_closing():
-            self._udp.sendto(data, addr)
+            try:
+                self._udp.sendto(data, addr)
+            except (OSError, ValueError, TypeError):  # one bad address must not stop the loop
+                self.count("udp_send_errors")
 
     # --- streams --------------------------------------------------------------------------------
 

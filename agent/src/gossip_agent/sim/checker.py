@@ -92,7 +92,9 @@ class Observer:
     - scope: a node shows an entry only of a network it is attached to;
     - unwritten-value: a node never shows a value its owner never wrote;
     - resurrection: a node that saw an owner delete a version never again shows that version or
-      an older one of the same key (older in the order the owner wrote them).
+      an older one of the same key (older in the order the owner wrote them). "A node" is one
+      process: a restarted one has seen nothing (others' entries are soft state), but leaving and
+      re-joining a network does not make a node forget the deletes it saw there.
     """
 
     truth: GroundTruth
@@ -109,6 +111,11 @@ class Observer:
     @property
     def resurrections(self) -> list[Violation]:
         return [v for v in self.violations if v.invariant == "resurrection"]
+
+    def restarted(self, node: str) -> None:
+        """A new process of `node`: what the last one saw is gone with it."""
+        for seen in [k for k in self._deleted if k[0] == node]:
+            del self._deleted[seen]
 
     def on_change(self, node: str, change: Change, attached: bool) -> None:
         self.last_change[(node, change.network)] = change.at

@@ -112,7 +112,10 @@ class Simulator:
         self.net_rng = random.Random(self.rng.getrandbits(64))
         self.names = options.node_names()
         self.members = options.network_members()
-        self.addresses: dict[str, Address] = {n: (n, PORT) for n in self.names}
+        # Addresses in the lab's range, one per node, as the wire accepts only IP literals.
+        self.addresses: dict[str, Address] = {
+            n: (f"198.18.{i >> 8}.{i & 255}", PORT) for i, n in enumerate(self.names, start=1)
+        }
         self.by_address = {a: n for n, a in self.addresses.items()}
         self.static = StaticView(self.members, self.addresses) if options.membership == "static" else None
         self.networks_of: dict[str, list[str]] = {n: [] for n in self.names}  # the configured networks
@@ -261,8 +264,11 @@ class Simulator:
 
     def _new_node(self, name: str, journal: _Journal | None = None) -> Node:
         rng = random.Random(self.rng.getrandbits(64))
-        # A node starts a new life one incarnation above its journal's, as the daemon does.
-        lamport, incarnation = (journal.lamport, journal.incarnation + 1) if journal else (0, 0)
+        # A node starts a new life one incarnation above its journal's, and its clock at least at
+        # wall-clock microseconds, as the daemon does (warm-started nodes began long ago, at 0).
+        lamport, incarnation = (
+            (max(journal.lamport, int(self.now * 1e6)), journal.incarnation + 1) if journal else (0, 0)
+        )
         node = Node(
             name,
             self.addresses[name],
@@ -383,7 +389,10 @@ class Simulator:
         if node is None or name in self.crashed:
             return
         if keep_journal:
-            self.journals[name].incarnation = node.membership.incarnation
+            journal = self.journals[name]
+            journal.incarnation = node.membership.incarnation
+            # The daemon leases Lamport time durably before any of it leaves the host.
+            journal.lamport = max(journal.lamport, node.clock.time)
         else:  # a new life: the state directory is gone, and with it every own entry
             self.journals[name] = _Journal(incarnation=0)
             self.truth.delete_all(name)
@@ -412,6 +421,7 @@ class Simulator:
         journal = self.journals[name]
         self.crashed.discard(name)
         self.tick_at.pop(name, None)
+        self.observer.restarted(name)
         node = self._new_node(name, journal)
         for network in sorted(set(self.networks_of[name]) | journal.networks):
             node.attach(network, self.now)
@@ -578,13 +588,12 @@ class Simulator:
         return sum(1 for e in table.visible() if e.event.owner == step.node and e.event.key.startswith(step.key))
 
     def _quiet(self) -> None:
-        """The liveness phase begins: every fault healed, every node running, nothing more written."""
+        """The liveness phase begins: every network fault healed, every paused node running again,
+        nothing more written. A node that is down stays down: its entries must vanish everywhere."""
         self.blockers.clear()
         self.link_faults.clear()
         for name in sorted(self.paused):
             self._resume(name)
-        for name in sorted(self.crashed):
-            self._start(name)
 
     # === convergence ==============================================================================
 
