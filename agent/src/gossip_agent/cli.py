@@ -483,8 +483,26 @@ def run_random(args: argparse.Namespace) -> int:
         if shrunk is not None:
             print(f"  shrunk to {len(shrunk[0].steps)} of {outcome.steps} steps in {shrunk[1]} runs "
                   f"({shrunk[2]:.1f} s); replay it: gossip-agent sim --schedule {path}")  # fmt: skip
+            for step in shrunk[0].steps[:12]:
+                print(f"    {json.dumps(step.to_dict())}")
         print(f"  trace: {path}")
     classes = result.by_invariant()
+    summary = {
+        "seeds": args.seeds,
+        "node_range": list(args.node_range),
+        "ran": ran,
+        "failed": len(result.failures),
+        "failures_by_invariant": classes,
+        "wall_seconds": round(result.wall_seconds, 1),
+        "seeds_per_minute_per_core": round(rate, 1),
+        "shrunk": {seed: {"steps": len(s.steps), "runs": runs, "seconds": round(sec, 1)}
+                   for seed, (s, runs, sec) in result.shrunk.items()},
+    }  # fmt: skip
+    try:
+        Path(args.traces).mkdir(parents=True, exist_ok=True)
+        (Path(args.traces) / "summary.json").write_text(json.dumps(summary, indent=1))
+    except OSError as exc:
+        raise CliError(f"cannot write traces to {args.traces}: {exc.strerror}") from None
     print(f"{ran} seeds run in {result.wall_seconds:.1f} s ({rate:.0f} seeds/min/core), {len(result.failures)} failed")
     for invariant, failed in sorted(classes.items()):
         more = " ..." if len(failed) > 20 else ""

@@ -5,9 +5,10 @@ protocol's config overrides, and a timed list of `Step`s: writes, updates, delet
 each node's own entries; attach, detach and re-attach; crashes (journal kept), new lives (journal
 lost), graceful leaves, restarts and pauses; partitions of every shape (overlapping, flapping,
 asymmetric); loss, duplication, delay spikes (reordering), corrupted datagrams, replays of captured
-datagrams, forged ones with absurd clocks, and forged sync frames. Every step of a fault carries its own end, and the
-simulator heals everything and starts every node at `quiet_at`, so *any subset* of the steps is a
-valid schedule: that is what lets a failure be shrunk by dropping steps.
+datagrams, forged ones with absurd clocks, and forged sync frames. Every network fault and pause
+carries its own end, and the simulator heals what is left at `quiet_at` (a node that is down then
+stays down), so *any subset* of the steps is a valid schedule: that is what lets a failure be shrunk
+by dropping steps.
 
 The schedule is data (JSON), not code: the simulator replays it, a person reads it, and the lab
 harness can run the same steps on real hosts. Nothing here reads a clock or the global random.
@@ -246,7 +247,7 @@ def generate(seed: int, knobs: Knobs | None = None) -> Schedule:
         node = rng.choice(nodes)
         if kind in ("crash", "new-life", "leave"):
             d.steps.append(Step(when, kind, node=node))
-            if rng.random() < 0.8:  # else it stays down until the quiet phase
+            if rng.random() < 0.8:  # else it stays down: its entries must be withdrawn everywhere
                 d.steps.append(Step(until, "start", node=node))
         elif kind == "pause":
             d.steps.append(Step(when, "pause", node=node, until=until))

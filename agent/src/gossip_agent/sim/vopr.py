@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from .schedule import Knobs, Schedule, Step, generate
 from .simulator import Simulator
+
+_DONE = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,12 +162,29 @@ class Sweep:
         return classes
 
 
-def _pool_map(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int) -> Iterator[Any]:
+def _pool_map(
+    fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int, go_on: Callable[[], bool] = lambda: True
+) -> Iterator[Any]:
+    """fn over jobs on `workers` processes, results in job order; no new job starts once `go_on()`
+    is false (a time budget), and only a few run ahead of the results read."""
     if workers <= 1:
-        yield from map(fn, jobs)
+        for job in jobs:
+            if not go_on():
+                return
+            yield fn(job)
         return
     with ProcessPoolExecutor(workers) as pool:
-        yield from pool.map(fn, jobs, chunksize=4)
+        pending: deque[Future[Any]] = deque()
+        queue = iter(jobs)
+        while True:
+            while len(pending) < 4 * workers and go_on():
+                job = next(queue, _DONE)
+                if job is _DONE:
+                    break
+                pending.append(pool.submit(fn, job))
+            if not pending:
+                return
+            yield pending.popleft().result()
 
 
 def sweep(
@@ -180,19 +200,17 @@ def sweep(
     started = time.perf_counter()
     outcomes: list[Outcome] = []
     next_report = started + 2.0
-    # Seeds go out in slices so a time budget can stop the sweep between them.
-    slice_size = max(8, 8 * workers)
-    for first in range(0, len(seeds), slice_size):
-        if time_budget is not None and time.perf_counter() - started >= time_budget:
-            break
-        chunk = seeds[first : first + slice_size]
-        for outcome in _pool_map(_run_seed_job, [(s, knobs) for s in chunk], workers):
-            outcomes.append(outcome)
-            if progress is not None and time.perf_counter() >= next_report:
-                next_report = time.perf_counter() + 2.0
-                elapsed = time.perf_counter() - started
-                failed = sum(1 for o in outcomes if not o.valid)
-                progress(f"{len(outcomes)}/{len(seeds)} seeds, {failed} failed, {len(outcomes) / elapsed:.1f} seeds/s")
+
+    def within_budget() -> bool:
+        return time_budget is None or time.perf_counter() - started < time_budget
+
+    for outcome in _pool_map(_run_seed_job, [(s, knobs) for s in seeds], workers, within_budget):
+        outcomes.append(outcome)
+        if progress is not None and time.perf_counter() >= next_report:
+            next_report = time.perf_counter() + 2.0
+            elapsed = time.perf_counter() - started
+            failed = sum(1 for o in outcomes if not o.valid)
+            progress(f"{len(outcomes)}/{len(seeds)} seeds, {failed} failed, {len(outcomes) / elapsed:.1f} seeds/s")
     result = Sweep(outcomes, time.perf_counter() - started, {})
     if shrink_failures and result.failures:
         if progress is not None:
