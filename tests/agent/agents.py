@@ -58,7 +58,12 @@ class AgentProcess:
     def ready(self) -> bool:
         if self.process is not None and self.process.poll() is not None:
             raise AssertionError(f"{self.name} exited with {self.process.returncode}: {self.log()[-2000:]}")
-        return os.path.exists(self.socket) and self.api("GET", "/health")["status"] == "ready"
+        if not os.path.exists(self.socket):
+            return False
+        try:
+            return self.api("GET", "/health")["status"] == "ready"
+        except ApiFailure as exc:
+            return exc.status == 503  # up, joining: its seeds may not run yet
 
     def api(self, method: str, path: str, body: Any = None) -> Any:
         return call(self.socket, method, path, body, timeout=10)

@@ -173,3 +173,45 @@ def test_api_metrics_and_clear_4xx_for_bad_requests(tmp_path):
         assert "no agent answers at /nonexistent.sock" in missing.stderr
     finally:
         cluster.stop()
+
+
+def _raw_http(path: str, data: bytes) -> bytes:
+    """Send raw bytes to the API socket; everything the agent answers until it closes."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.daemon
+def test_api_http_keep_alive_caps_and_a_joining_health(tmp_path):
+    cluster = Cluster(tmp_path, 202)
+    # Its only seed never answers: it is up but has not joined.
+    agent = cluster.add("lonely", 1, networks=[{"id": "net"}], seeds=["127.0.202.9:7946"])
+    try:
+        agent.start()
+        socket_path = str(tmp_path / "lonely" / "api.sock")
+        two = (
+            b"GET /stats HTTP/1.1\r\nHost: a\r\n\r\n" + b"GET /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )
+        answers = _raw_http(socket_path, two)
+        assert answers.count(b"HTTP/1.1 ") == 2  # two requests, one connection
+        assert b"HTTP/1.1 503 " in answers
+        assert b'"status": "joining"' in answers
+        huge_head = b"GET /stats HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"x" * 20_000 + b"\r\n\r\n"
+        assert _raw_http(socket_path, huge_head).startswith(b"HTTP/1.1 431 ")
+        big_body = b"POST /networks HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999\r\n\r\n"
+        assert _raw_http(socket_path, big_body).startswith(b"HTTP/1.1 413 ")
+        assert _raw_http(socket_path, b"NOT HTTP AT ALL\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+        assert agent.api("GET", "/stats")["node"] == "lonely"  # and still serving
+        result = agent.ctl("health")
+        assert result.returncode != 0
+        assert "joining" in result.stderr
+    finally:
+        cluster.stop()

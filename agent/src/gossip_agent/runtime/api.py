@@ -1,7 +1,9 @@
 """Local control API: HTTP/1.1 + JSON on a unix socket (mode 0600), and Prometheus /metrics.
 
-One request per connection. Every malformed or invalid request gets a 4xx with a JSON body
-`{"error": "..."}` that says what is wrong; nothing a client sends takes the agent down.
+HTTP is h11's (sans-IO, like our core): keep-alive, a cap on the request head and body, a timeout
+for each read. Every malformed or invalid request gets a 4xx with a JSON body `{"error": "..."}`
+that says what is wrong; nothing a client sends takes the agent down. The optional TCP listener
+serves GET /metrics only, with a small head and no body.
 """
 
 from __future__ import annotations
@@ -12,8 +14,12 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import h11
 
 from ..core.errors import LocalProtocolError
 from ..core.membership import State
@@ -23,8 +29,21 @@ from .daemon import Agent
 
 log = logging.getLogger("gossip_agent.api")
 MAX_BODY = 64 * 1024 * 1024
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
-           413: "Payload Too Large", 500: "Internal Server Error"}  # fmt: skip
+MAX_HEAD = 16 * 1024  # request line and headers
+METRICS_MAX_HEAD = 2 * 1024
+READ_TIMEOUT = 30.0  # seconds for each read of a request (and to wait for the next one)
+
+
+def _error(message: str) -> bytes:
+    return json.dumps({"error": message}).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A handler's answer with a status other than 200."""
+
+    status: int
+    body: Any
 
 
 class ApiError(Exception):
@@ -135,57 +154,94 @@ class Api:
 
     # --- HTTP -------------------------------------------------------------------------------------
 
-    async def _read_request(self, reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
-        line = await reader.readline()
-        parts = line.decode("latin-1").split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            raise ApiError(400, "malformed request line")
-        length = 0
-        while True:
-            header = await reader.readline()
-            if header in (b"\r\n", b"\n", b""):
-                break
-            name, _, value = header.decode("latin-1").partition(":")
-            if name.strip().lower() == "content-length":
-                if not value.strip().isdigit():
-                    raise ApiError(400, "malformed Content-Length")
-                length = int(value)
-        if length > MAX_BODY:
-            raise ApiError(413, f"body of {length} bytes exceeds {MAX_BODY}")
-        return parts[0].upper(), parts[1], await reader.readexactly(length)
-
-    async def _respond(self, writer: asyncio.StreamWriter, status: int, body: bytes, ctype: str) -> None:
-        head = (
-            f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-        )
-        writer.write(head.encode() + body)
+    async def _serve_http(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        answer: Callable[[str, str, bytes], tuple[int, bytes, str]],
+        max_head: int,
+        max_body: int,
+    ) -> None:
+        """Requests on one connection until the client closes it, misbehaves or idles."""
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
         try:
-            await writer.drain()
+            while True:
+                try:
+                    request = await self._read_request(conn, reader, max_head, max_body)
+                except ApiError as exc:
+                    if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                        await self._send(conn, writer, exc.status, _error(str(exc)), "application/json")
+                    return
+                if request is None:
+                    return
+                status, body, ctype = answer(*request)
+                await self._send(conn, writer, status, body, ctype)
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return  # h11 says this connection cannot carry another request
+                conn.start_next_cycle()
+        except (TimeoutError, ConnectionError, OSError, h11.LocalProtocolError):
+            return
         finally:
             writer.close()
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _read_request(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, max_head: int, max_body: int
+    ) -> tuple[str, str, bytes] | None:
+        """(method, target, body) of the next request; None when the client closed the connection."""
+        method = target = ""
+        body = bytearray()
+        while True:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise ApiError(exc.error_status_hint, f"malformed request: {exc}") from None
+            if event is h11.NEED_DATA:
+                data = await asyncio.wait_for(reader.read(65536), READ_TIMEOUT)
+                conn.receive_data(data)  # b"" is the client's EOF
+                continue
+            if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                return None
+            if isinstance(event, h11.Request):
+                # h11 bounds only a head still incomplete in its buffer; one that came whole is
+                # measured here.
+                if len(event.target) + sum(len(n) + len(v) for n, v in event.headers) > max_head:
+                    raise ApiError(431, f"request head exceeds {max_head} bytes")
+                method, target = event.method.decode("ascii").upper(), event.target.decode("latin-1")
+                declared = dict(event.headers).get(b"content-length")
+                if declared is not None and int(declared) > max_body:
+                    raise ApiError(413, f"body of {int(declared)} bytes exceeds {max_body}")
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > max_body:
+                    raise ApiError(413, f"body exceeds {max_body} bytes")
+            elif isinstance(event, h11.EndOfMessage):
+                return method, target, bytes(body)
+
+    async def _send(self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, body: bytes,
+                    ctype: str) -> None:  # fmt: skip
+        headers = [("Content-Type", ctype), ("Content-Length", str(len(body)))]
+        reason = HTTPStatus(status).phrase.encode()
+        writer.write(conn.send(h11.Response(status_code=status, headers=headers, reason=reason)) or b"")
+        writer.write(conn.send(h11.Data(data=body)) or b"")
+        writer.write(conn.send(h11.EndOfMessage()) or b"")
+        await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
+
+    def _answer(self, method: str, target: str, raw: bytes) -> tuple[int, bytes, str]:
         try:
-            method, target, raw = await asyncio.wait_for(self._read_request(reader), 30)
-            status, body, ctype = self.dispatch(method, target, raw)
+            return self.dispatch(method, target, raw)
         except ApiError as exc:
-            status, body, ctype = exc.status, json.dumps({"error": str(exc)}).encode(), "application/json"
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-            return
-        await self._respond(writer, status, body, ctype)
+            return exc.status, _error(str(exc)), "application/json"
+
+    def _answer_metrics_only(self, method: str, target: str, raw: bytes) -> tuple[int, bytes, str]:
+        if method == "GET" and urlsplit(target).path == "/metrics":
+            return 200, node_metrics(self.agent), "text/plain; version=0.0.4"
+        return 404, _error("only GET /metrics here"), "application/json"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._serve_http(reader, writer, self._answer, MAX_HEAD, MAX_BODY)
 
     async def _handle_metrics_only(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            method, target, _ = await asyncio.wait_for(self._read_request(reader), 30)
-        except (ApiError, TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            writer.close()
-            return
-        if method == "GET" and urlsplit(target).path == "/metrics":
-            await self._respond(writer, 200, node_metrics(self.agent), "text/plain; version=0.0.4")
-        else:
-            await self._respond(writer, 404, b'{"error": "only GET /metrics here"}', "application/json")
+        await self._serve_http(reader, writer, self._answer_metrics_only, METRICS_MAX_HEAD, 0)
 
     def dispatch(self, method: str, target: str, raw: bytes) -> tuple[int, bytes, str]:
         url = urlsplit(target)
@@ -220,20 +276,30 @@ class Api:
             raise ApiError(409 if "not attached" not in str(exc) else 404, str(exc)) from None
         except KeyringError as exc:
             raise ApiError(400, str(exc)) from None
+        if isinstance(result, Status):
+            return result.status, json.dumps(result.body).encode(), "application/json"
         return 200, json.dumps(result).encode(), "application/json"
 
     # --- resources ----------------------------------------------------------------------------------
 
-    def health(self, **_: Any) -> dict[str, Any]:
+    def health(self, **_: Any) -> Status:
+        """503 "joining" until a seed has answered (or there is none to ask): a load balancer or
+        a deploy that waits for ready must not count an agent that is alone."""
         node = self.agent.node
-        return {
-            "status": "ready",
-            "node": node.name,
-            "address": f"{node.addr[0]}:{node.addr[1]}",
-            "members_alive": node.membership.alive_count,
-            "networks": sorted(node.networks),
-            "pid": os.getpid(),
-        }
+        ready = bool(node.stats.get("joined")) or not self.agent.other_seeds()
+        joining = {} if ready else {"error": "joining: no seed has answered yet"}
+        return Status(
+            200 if ready else 503,
+            {
+                **joining,
+                "status": "ready" if ready else "joining",
+                "node": node.name,
+                "address": f"{node.addr[0]}:{node.addr[1]}",
+                "members_alive": node.membership.alive_count,
+                "networks": sorted(node.networks),
+                "pid": os.getpid(),
+            },
+        )
 
     def members(self, **_: Any) -> list[dict[str, Any]]:
         node = self.agent.node

@@ -31,6 +31,7 @@ VERSION = b"\x02"
 STAMP = 6  # bytes of the send time in milliseconds
 NONCE = 12
 HEADER = 1 + STAMP + NONCE
+TAG = 16
 AAD = b"gossip-agent/2"
 REPLAY_WINDOW = 4096  # counters below the highest seen that are still told apart
 MAX_EPOCHS = 4096  # sender epochs remembered (one per live peer process, plus churn)
@@ -141,7 +142,7 @@ class Keyring:
 
     def open(self, sealed: bytes, now: float | None = None) -> bytes:
         """The plaintext of an authentic message seen for the first time; AuthError otherwise."""
-        if len(sealed) < HEADER + 16 or sealed[:1] != VERSION:
+        if len(sealed) < HEADER + TAG or sealed[:1] != VERSION:
             raise AuthError("not a sealed message")
         stamp, nonce, body = sealed[1 : 1 + STAMP], sealed[1 + STAMP : HEADER], sealed[HEADER:]
         for cipher in self._ciphers:

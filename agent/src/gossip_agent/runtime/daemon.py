@@ -186,9 +186,12 @@ class Agent:
 
     # --- life cycle -----------------------------------------------------------------------------
 
+    def other_seeds(self) -> list[tuple[str, int]]:
+        return [s for s in self.config.seeds if s != (self.config.advertise_addr, self.config.port)]
+
     async def _join(self) -> None:
         """Keep trying the seeds, with backoff, until one answers."""
-        seeds = [s for s in self.config.seeds if s != (self.config.advertise_addr, self.config.port)]
+        seeds = self.other_seeds()
         delay = 0.5
         attempt = 0
         while seeds and not self.stopping.is_set():

@@ -17,10 +17,12 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .crypto import AuthError, Keyring, ReplayError
+from .crypto import HEADER, TAG, AuthError, Keyring, ReplayError
 
 log = logging.getLogger("gossip_agent.transport")
 LENGTH = struct.Struct(">I")
+SEALED_PREFIX = HEADER + LENGTH.size + TAG  # a frame's length prefix, sealed on its own
+FIRST_BYTES_WAIT = 2.0  # seconds an inbound stream may take to send its (sealed) length prefix
 
 
 @dataclass(slots=True)
@@ -107,18 +109,25 @@ class Transport(asyncio.DatagramProtocol):
 
     # --- streams --------------------------------------------------------------------------------
 
-    async def _read_frame(self, reader: asyncio.StreamReader) -> bytes:
-        (length,) = LENGTH.unpack(await reader.readexactly(LENGTH.size))
-        limit = self.max_frame + (64 if self.keyring else 0)
+    async def _read_frame(self, reader: asyncio.StreamReader, first_wait: float) -> bytes:
+        """One frame: its length prefix, then its body. With a keyring the prefix is sealed on its
+        own, so nothing past its 43 bytes is read (let alone buffered) before the peer is known."""
+        if self.keyring is None:
+            (length,) = LENGTH.unpack(await asyncio.wait_for(reader.readexactly(LENGTH.size), first_wait))
+        else:
+            prefix = await asyncio.wait_for(reader.readexactly(SEALED_PREFIX), first_wait)
+            (length,) = LENGTH.unpack(self.keyring.open(prefix))
+        limit = self.max_frame + (SEALED_PREFIX if self.keyring else 0)
         if length > limit:
             raise ValueError(f"frame of {length} bytes exceeds {limit}")
         data = await reader.readexactly(length)
         return self.keyring.open(data) if self.keyring is not None else data
 
     def _frame(self, data: bytes) -> bytes:
-        if self.keyring is not None:
-            data = self.keyring.seal(data)
-        return LENGTH.pack(len(data)) + data
+        if self.keyring is None:
+            return LENGTH.pack(len(data)) + data
+        body = self.keyring.seal(data)
+        return self.keyring.seal(LENGTH.pack(len(body))) + body
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._inbound.locked():
@@ -127,7 +136,8 @@ class Transport(asyncio.DatagramProtocol):
             return
         async with self._inbound:
             try:
-                request = await asyncio.wait_for(self._read_frame(reader), self.stream_timeout)
+                # An idle connection gives up its slot after FIRST_BYTES_WAIT, not the stream timeout.
+                request = await asyncio.wait_for(self._read_frame(reader, FIRST_BYTES_WAIT), self.stream_timeout)
                 reply = self.on_stream(request)
                 if reply:
                     writer.write(self._frame(reply))
@@ -155,7 +165,7 @@ class Transport(asyncio.DatagramProtocol):
                     reader, writer = await asyncio.open_connection(addr[0], addr[1])
                     writer.write(self._frame(frame))
                     await writer.drain()
-                    return await self._read_frame(reader)
+                    return await self._read_frame(reader, self.stream_timeout)
             except AuthError:
                 self.count("dropped_auth_failed")
             except (asyncio.IncompleteReadError, TimeoutError, ValueError, ConnectionError, OSError) as exc:
