@@ -129,3 +129,15 @@ def test_an_alive_with_a_host_name_for_address_is_refused(trio):
     a.handle_datagram(trio.addresses["b"], datagram, trio.now)
     assert a.stats["dropped_malformed"] == 1
     assert a.membership.members["c"].addr == before
+
+
+def test_detach_records_are_reaped_with_tombstones_and_push_pull_stays_decodable(trio):
+    a = trio.nodes["a"]
+    before = len(a.attachments)
+    records = [NodeNetwork("b", f"gone-{i}", 10_000 + i, False) for i in range(200)]
+    for start in range(0, 200, 50):
+        send(trio, "a", "b", *records[start : start + 50])
+    assert len(a.attachments) == before + 200
+    trio.run(a.config.tombstone_ttl + 61.0, step=1.0)
+    assert len(a.attachments) == before
+    assert "b" in a.peers_in("net")  # the live record of b stays

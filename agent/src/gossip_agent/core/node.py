@@ -25,6 +25,7 @@ from .rng import Rng
 from .table import Change, NetworkTable
 from .wire import (
     MAX_ATTACHMENTS,
+    MAX_MEMBERS,
     Ack,
     Address,
     Alive,
@@ -54,11 +55,14 @@ from .wire import (
 
 MAX_OUT_OF_SCOPE_NETWORKS = 256
 HOT_ROUNDS = 10  # rounds after a table change during which digests are sent even without events
-# How far ahead of our own clock a Lamport time from the wire may be. Clocks start at wall-clock
-# microseconds (see `Node`) and move by one per write; 2**50 us is 35 years of start times apart.
-# A time beyond this is forged or corrupt, and witnessing it would push our clock towards 2**63,
-# past which nothing we send can be decoded (moby's NetworkDB and memberlist have no such bound).
-LAMPORT_WINDOW = 2**50
+# How far a Lamport time from the wire may be above where our clock started plus CLOCK_RATE per
+# second since. Clocks start at wall-clock microseconds (see `Node`) and move by one per write:
+# 2**40 us is 12 days of start times apart (plus the cluster's writes), and no cluster writes two
+# million entries a second for long. A time beyond this is forged or corrupt; witnessing it
+# would push our clock towards 2**63, past which nothing we send can be decoded (moby's NetworkDB
+# and memberlist have no such bound).
+LAMPORT_WINDOW = 2**40
+CLOCK_RATE = 2_000_000
 # Membership and attachment news the cluster queue holds.
 MAX_CLUSTER_BACKLOG = 4096
 # Pings and indirect pings answered per datagram; an honest one carries one.
@@ -130,6 +134,7 @@ class Node:
         self.config = config
         self.rng = rng
         self.clock = LamportClock(lamport)
+        self._clock_start, self._started_at = lamport, now
         self.static = static
         self.membership = Membership(name, addr, config, rng, now, incarnation)
         # (node, network) -> latest attachment record, and for each network the live members
@@ -149,12 +154,15 @@ class Node:
         self._pending: dict[int, _PendingStream] = {}
         self._stream_ids = 0
         self._changes: list[Change | MemberChange] = []
+        self._own_writes: list[TableEvent] = []
         self.stats: dict[str, int] = {}
         self.out_of_scope: dict[str, int] = {}  # network -> dropped, see _out_of_scope
         self.left = False
         # (peer, network) -> deadline: we answered the peer's sync request and accept one push back.
         self._expected_pushes: dict[tuple[str, str], float] = {}
+        self.seeds: list[Address] = []
         self._left_tables: dict[str, NetworkTable] = {}  # networks we left: our tombstones there
+        self._detached_at: dict[tuple[str, str], float] = {}  # detach records, by when they came
 
     # === helpers ===================================================================================
 
@@ -176,6 +184,12 @@ class Node:
 
     def take_streams(self) -> list[StreamRequest]:
         out, self._streams = self._streams, []
+        return out
+
+    def take_own_writes(self) -> list[TableEvent]:
+        """Every version this node wrote in its own name since the last call, the API's and the
+        core's own (re-assertions), for the journal."""
+        out, self._own_writes = self._own_writes, []
         return out
 
     def take_changes(self) -> list[Change | MemberChange]:
@@ -293,7 +307,7 @@ class Node:
             now + self.config.bulk_sync_interval * (0.5 + self.rng.random()),
         )
         self.networks[network] = state
-        self._set_attachment(NodeNetwork(self.name, network, self.clock.tick(), True))
+        self._set_attachment(NodeNetwork(self.name, network, self.clock.tick(), True), now)
         self._join_sync(network, state, now)
 
     def detach(self, network: str, now: float, wall_ms: int) -> None:
@@ -304,12 +318,17 @@ class Node:
         # Push our tombstones out before we stop gossiping for this network.
         self._gossip_network(network, state, now, final=True)
         del self.networks[network]
-        state.table.keep_after_leaving(self.name)
+        state.table.keep_after_leaving(self.name, now)
         self._left_tables[network] = state.table
-        self._set_attachment(NodeNetwork(self.name, network, self.clock.tick(), False))
+        self._set_attachment(NodeNetwork(self.name, network, self.clock.tick(), False), now)
 
-    def _set_attachment(self, record: NodeNetwork) -> None:
-        self.attachments[(record.node, record.network)] = record
+    def _set_attachment(self, record: NodeNetwork, now: float) -> None:
+        key = (record.node, record.network)
+        self.attachments[key] = record
+        if record.attached:
+            self._detached_at.pop(key, None)
+        else:
+            self._detached_at[key] = now  # reaped with tombstones: push-pull carries every record
         self._peers_cache.pop(record.network, None)
         self.cluster_queue.put(("attach", record.node, record.network), encode_message(record))
 
@@ -332,6 +351,7 @@ class Node:
         event = TableEvent(network, table, key, value, self.name, self.clock.tick(), wall_ms, deleted)
         change = state.table.apply(event, now)
         state.table.watermarks[self.name] = event.lamport
+        self._own_writes.append(event)
         if change is not None and change.visible:
             self._changes.append(change)
         self._rumor(state, event, now)
@@ -342,10 +362,11 @@ class Node:
         state.hot_until = now + HOT_ROUNDS * self.config.gossip_interval
 
     def join(self, seeds: Iterable[Address], now: float) -> None:
-        """Exchange full state with each seed; their answers bring us into the cluster."""
-        for addr in seeds:
-            if addr != self.addr:
-                self._open_stream("join", addr, self._push_pull(join=True), now)
+        """Exchange full state with each seed; their answers bring us into the cluster. Seeds
+        stay remembered: see `_tick_cluster`."""
+        self.seeds = [addr for addr in dict.fromkeys(seeds) if addr != self.addr]
+        for addr in self.seeds:
+            self._open_stream("join", addr, self._push_pull(join=True), now)
 
     def leave(self, now: float) -> None:
         """Graceful leave: the Leave message goes out at once to a few members and on the queue."""
@@ -361,7 +382,10 @@ class Node:
         return members if len(members) <= count else self.rng.sample(members, count)
 
     def _push_pull(self, join: bool) -> PushPull:
-        return PushPull(tuple(self.membership.snapshot()), tuple(self.attachments.values()), join)
+        records = list(self.attachments.values())
+        if len(records) > MAX_ATTACHMENTS:  # never send what no decoder accepts: attached ones first
+            records = sorted(records, key=lambda r: not r.attached)[:MAX_ATTACHMENTS]
+        return PushPull(tuple(self.membership.snapshot()[:MAX_MEMBERS]), tuple(records), join)
 
     # === datagrams =================================================================================
 
@@ -412,8 +436,15 @@ class Node:
         elif isinstance(msg, NodeNetwork):
             self._on_attachment(msg, now)
 
-    def _clock_ok(self, lamport: int) -> bool:
-        if lamport - self.clock.time <= LAMPORT_WINDOW:
+    def _clock_ceiling(self, now: float) -> float:
+        return self._clock_start + (now - self._started_at) * CLOCK_RATE + LAMPORT_WINDOW
+
+    def _clock_ok(self, lamport: int, now: float) -> bool:
+        """Whether a Lamport time from the wire is plausible. The ceiling grows with our own time
+        (CLOCK_RATE per second since we started, above where our clock started), not with our
+        clock: measured from the clock, a forger could step everyone up by the window at a time,
+        8,192 steps from 2**63."""
+        if lamport <= self._clock_ceiling(now):
             return True
         self.count("dropped_clock_jump")
         return False
@@ -421,12 +452,24 @@ class Node:
     def _answer_own(self, state: _NetworkState, event: TableEvent, now: float) -> None:
         """A peer holds `event` in our name. We are the only writer of our entries, so unless it is
         exactly what we hold (or older), it is a forgery, our former life's, or something we deleted
-        and forgot: we never adopt it, we re-assert what we hold (or a tombstone) at a newer time."""
+        and forgot: we never adopt it, we re-assert what we hold (or a tombstone) at a newer time.
+
+        Only our own entry counts as what we hold: another owner's value at the key is never
+        written in our name (last writer wins between owners; undoing our stray write deletes the
+        key). A tombstone in our name where we hold nothing hides nothing: we keep it as it is
+        (digests agree, it is reaped in time) and move our clock past it, rather than answering
+        with a tombstone of our own that would start its time to live anew everywhere."""
         held = state.table.get(event.table, event.key)
         if held is not None and state.table.newer_or_same(held.event, event):
             return
+        if event.deleted and (held is None or held.event.owner != self.name):
+            if held is None:
+                self.clock.witness(event.lamport)
+                state.table.apply(event, now)
+            return
         self.clock.witness(event.lamport)
-        value, deleted = (held.event.value, False) if held is not None and not held.event.deleted else (b"", True)
+        ours = held is not None and held.event.owner == self.name and not held.event.deleted
+        value, deleted = (held.event.value, False) if held is not None and ours else (b"", True)
         self.count("own_reasserted")
         self._write(event.network, event.table, event.key, value, deleted, now, event.wall_ms)
 
@@ -437,7 +480,7 @@ class Node:
         our clock moves past the mark, and those entries of ours are written again, above it."""
         mark = digest.get(self.name, (0, 0))[0]
         table = state.table
-        if mark <= table.watermarks.get(self.name, 0) or not self._clock_ok(mark):
+        if mark <= table.watermarks.get(self.name, 0) or not self._clock_ok(mark, now):
             return
         self.clock.witness(mark)
         for entry in [e for e in table.owned_by(self.name) if e.event.lamport <= mark]:
@@ -451,7 +494,7 @@ class Node:
         if state is None:
             self._out_of_scope(event.network)
             return
-        if not self._clock_ok(event.lamport):
+        if not self._clock_ok(event.lamport, now):
             return
         if event.owner == self.name:
             self._answer_own(state, event, now)
@@ -494,7 +537,7 @@ class Node:
         current = self.attachments.get(key)
         if current is not None and current.lamport >= msg.lamport:
             return
-        if not self._clock_ok(msg.lamport):
+        if not self._clock_ok(msg.lamport, now):
             return
         if current is None and len(self.attachments) >= MAX_ATTACHMENTS and msg.node not in self.membership.members:
             self.count("dropped_attachment_limit")  # records of nodes no one knows, by the thousand
@@ -503,11 +546,9 @@ class Node:
         if msg.node == self.name:
             # A record of ours from before a restart: re-assert what is true now, newer.
             mine = msg.network in self.networks
-            self._set_attachment(NodeNetwork(self.name, msg.network, self.clock.tick(), mine))
+            self._set_attachment(NodeNetwork(self.name, msg.network, self.clock.tick(), mine), now)
             return
-        self.attachments[key] = msg
-        self._peers_cache.pop(msg.network, None)
-        self.cluster_queue.put(("attach", msg.node, msg.network), encode_message(msg))
+        self._set_attachment(msg, now)
         state = self.networks.get(msg.network)
         if state is not None and not msg.attached:
             self._changes.extend(state.table.withdraw_owner(msg.node, now))
@@ -722,7 +763,7 @@ class Node:
         self._heed_mark_for_us(state, digest, now)
         theirs = []
         for event in events:
-            if not self._clock_ok(event.lamport):
+            if not self._clock_ok(event.lamport, now):
                 continue
             if event.owner == self.name:
                 self._answer_own(state, event, now)
@@ -731,7 +772,8 @@ class Node:
                 theirs.append(event)
         # A mark beyond our clock's window vouches for writes that cannot have happened; and no
         # peer vouches for our own entries.
-        digest = {o: v for o, v in digest.items() if v[0] - self.clock.time <= LAMPORT_WINDOW and o != self.name}
+        ceiling = self._clock_ceiling(now)
+        digest = {o: v for o, v in digest.items() if v[0] <= ceiling and o != self.name}
         full = [o for o in full if o in digest]
         changes = state.table.absorb(theirs, digest, full, now, lambda owner: self.owner_ok(network, owner))
         self._changes.extend(changes)
@@ -775,6 +817,9 @@ class Node:
             self.next_reap_at = now + min(60.0, self.config.tombstone_ttl)
             for state in self.networks.values():
                 self.count("reaped", state.table.reap(now, self.config.tombstone_ttl))
+            for key in [k for k, at in self._detached_at.items() if now - at >= self.config.tombstone_ttl]:
+                del self._detached_at[key]
+                del self.attachments[key]
             for network, table in list(self._left_tables.items()):
                 table.reap(now, self.config.tombstone_ttl)
                 if not table.entries:
@@ -789,6 +834,7 @@ class Node:
             m.forgotten.clear()
             for key in [k for k in self.attachments if k[0] in gone]:
                 del self.attachments[key]
+                self._detached_at.pop(key, None)
             self._peers_cache.clear()
         if target is not None:
             self._open_stream("push-pull", target.addr, self._push_pull(join=False), now, target.name)
@@ -798,6 +844,12 @@ class Node:
             if peers:
                 peer = self.rng.choice(peers)
                 self._open_stream("push-pull", peer.addr, self._push_pull(join=False), now, peer.name)
+            # Nodes that joined only each other during a partition form an island no failure
+            # detector ever points at: a seed we do not know alive is asked again every round.
+            known = {p.addr for p in peers}
+            for addr in self.seeds:
+                if addr not in known:
+                    self._open_stream("push-pull", addr, self._push_pull(join=False), now)
         self._drain_membership(now)
 
     def _gossip_round(self, now: float) -> None:

@@ -183,14 +183,14 @@ class NetworkTable:
                 changes.append(Change(self.network, key[0], key[1], entry.event, None, now))
         return changes
 
-    def keep_after_leaving(self, owner: str) -> None:
-        """We left the network: forget other owners' live entries and every mark but `owner`'s;
-        keep `owner`'s entries and every tombstone until reaped, so that coming back we neither
-        claim our own history without its deletes nor show again what we saw deleted."""
-        for key, entry in list(self.entries.items()):
-            if entry.event.owner != owner and not entry.event.deleted:
-                self._unlink(key, entry)
-                del self.entries[key]
+    def keep_after_leaving(self, owner: str, now: float) -> None:
+        """We left the network: every other owner's entries are withdrawn (hidden, and reaped in
+        time), every mark but `owner`'s forgotten; `owner`'s entries and every tombstone stay. So,
+        coming back, we neither claim our own history without its deletes nor show again an older
+        version of anything we saw (a withdrawn entry refuses older copies; the owner's own copy
+        restores it)."""
+        for other in [o for o in self._by_owner if o != owner]:
+            self.withdraw_owner(other, now)
         self.watermarks = {o: m for o, m in self.watermarks.items() if o == owner}
 
     def reap(self, now: float, ttl: float) -> int:

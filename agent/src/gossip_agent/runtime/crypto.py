@@ -57,10 +57,13 @@ class ReplayGuard:
         self.max_age = max_age
         self._epochs: dict[bytes, tuple[int, int]] = {}  # epoch -> (highest counter, bitmap)
 
-    def check(self, epoch: bytes, counter: int, sent_ms: int, now: float) -> None:
-        """Raise ReplayError for a replayed or stale message; otherwise remember it."""
+    def check_age(self, sent_ms: int, now: float) -> None:
         if abs(now * 1000 - sent_ms) > self.max_age * 1000:
             raise ReplayError("sent too long ago (or the clocks differ by more than the maximum age)")
+
+    def check(self, epoch: bytes, counter: int, sent_ms: int, now: float) -> None:
+        """Raise ReplayError for a replayed or stale message; otherwise remember it."""
+        self.check_age(sent_ms, now)
         highest, seen = self._epochs.pop(epoch, (-1, 0))
         if counter > highest:
             shift = counter - highest
@@ -140,8 +143,12 @@ class Keyring:
         nonce = self._epoch + self._counter.to_bytes(8, "big")
         return VERSION + stamp + nonce + self._ciphers[0].encrypt(nonce, data, AAD + VERSION + stamp)
 
-    def open(self, sealed: bytes, now: float | None = None) -> bytes:
-        """The plaintext of an authentic message seen for the first time; AuthError otherwise."""
+    def open(self, sealed: bytes, now: float | None = None, counted: bool = True) -> bytes:
+        """The plaintext of an authentic message seen for the first time; AuthError otherwise.
+
+        `counted=False` (stream frames) checks the age only: a large frame is read for seconds
+        while its sender seals thousands of datagrams, so its counter can fall out of the window;
+        a stream cannot be replayed into a sync we did not ask for (see Node._expect_push)."""
         if len(sealed) < HEADER + TAG or sealed[:1] != VERSION:
             raise AuthError("not a sealed message")
         stamp, nonce, body = sealed[1 : 1 + STAMP], sealed[1 + STAMP : HEADER], sealed[HEADER:]
@@ -152,7 +159,11 @@ class Keyring:
                 continue
             # Checked only once authentic: a forger must not be able to fill the window.
             sent = int.from_bytes(stamp, "big")
-            self.guard.check(nonce[:4], int.from_bytes(nonce[4:], "big"), sent, time.time() if now is None else now)
+            when = time.time() if now is None else now
+            if counted:
+                self.guard.check(nonce[:4], int.from_bytes(nonce[4:], "big"), sent, when)
+            else:
+                self.guard.check_age(sent, when)
             return data
         raise AuthError("no installed key opens it")
 

@@ -117,6 +117,8 @@ class Agent:
             # restart that reused a time would give two values one version.
             self._lamport_lease = node.clock.time + LAMPORT_LEASE
             self.journal.lease_lamport(self._lamport_lease)
+        # Journal every own write, the core's re-assertions too; not a left network's tombstones.
+        self.journal.record([e for e in node.take_own_writes() if e.network in node.networks])
         for addr, data in node.take_datagrams():
             self.transport.send(addr, data)
         for request in node.take_streams():
@@ -162,7 +164,6 @@ class Agent:
         self.node.require_network(network)  # raises LocalProtocolError when not attached
         now, wall = self.now(), self.wall_ms()
         events = [self.node.write(network, table, key, value, now, wall) for table, key, value in items]
-        self.journal.record(events)
         self._pump()
         return len(events)
 
@@ -174,7 +175,6 @@ class Agent:
             raise LocalProtocolError(f"no entry {missing[0]} in network {network!r} ({len(missing)} missing)")
         now, wall = self.now(), self.wall_ms()
         events = [self.node.delete(network, table, key, now, wall) for table, key in keys]
-        self.journal.record(events)
         self._pump()
         return len(events)
 
@@ -214,7 +214,7 @@ class Agent:
             self.node.attach(network, self.now())
         own = self.journal.load(self.wall_ms(), self.config.protocol.tombstone_ttl)
         if own:
-            self.journal.record(self.node.restore(own, self.now(), self.wall_ms()))
+            self.node.restore(own, self.now(), self.wall_ms())
             log.info("restored %d own entries from the journal", len(own))
         self._pump()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -116,12 +116,12 @@ class Transport(asyncio.DatagramProtocol):
             (length,) = LENGTH.unpack(await asyncio.wait_for(reader.readexactly(LENGTH.size), first_wait))
         else:
             prefix = await asyncio.wait_for(reader.readexactly(SEALED_PREFIX), first_wait)
-            (length,) = LENGTH.unpack(self.keyring.open(prefix))
+            (length,) = LENGTH.unpack(self.keyring.open(prefix, counted=False))
         limit = self.max_frame + (SEALED_PREFIX if self.keyring else 0)
         if length > limit:
             raise ValueError(f"frame of {length} bytes exceeds {limit}")
         data = await reader.readexactly(length)
-        return self.keyring.open(data) if self.keyring is not None else data
+        return self.keyring.open(data, counted=False) if self.keyring is not None else data
 
     def _frame(self, data: bytes) -> bytes:
         if self.keyring is None:

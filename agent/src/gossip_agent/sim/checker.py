@@ -94,7 +94,9 @@ class Observer:
     - resurrection: a node that saw an owner delete a version never again shows that version or
       an older one of the same key (older in the order the owner wrote them). "A node" is one
       process: a restarted one has seen nothing (others' entries are soft state), but leaving and
-      re-joining a network does not make a node forget the deletes it saw there.
+      re-joining a network does not make a node forget the deletes it saw there;
+    - stale-update: a node never shows an older version of a key than one it showed before (a
+      lost update), leaving and re-joining networks included; a restarted process has seen nothing.
     """
 
     truth: GroundTruth
@@ -102,6 +104,7 @@ class Observer:
     last_change: dict[tuple[str, str], float] = field(default_factory=dict)  # (node, network) -> time
     violations: list[Violation] = field(default_factory=list)
     _deleted: dict[tuple[str, EntryId], int] = field(default_factory=dict)  # (node, entry) -> order deleted
+    _shown: dict[tuple[str, EntryId], int] = field(default_factory=dict)  # (node, entry) -> newest order shown
     max_violations: int = 50
 
     def violate(self, invariant: str, at: float, node: str, **detail: Any) -> None:
@@ -116,6 +119,8 @@ class Observer:
         """A new process of `node`: what the last one saw is gone with it."""
         for seen in [k for k in self._deleted if k[0] == node]:
             del self._deleted[seen]
+        for seen in [k for k in self._shown if k[0] == node]:
+            del self._shown[seen]
 
     def on_change(self, node: str, change: Change, attached: bool) -> None:
         self.last_change[(node, change.network)] = change.at
@@ -136,6 +141,11 @@ class Observer:
             return
         if event.owner != node:  # the writer's own copy has no delivery latency
             self.latencies.append(change.at - event.wall_ms / 1000)
+        shown = self._shown.get((node, entry), 0)
+        if order < shown:
+            self.violate("stale-update", change.at, node, entry=list(entry), owner=event.owner,
+                         write_order=order, newer_shown_order=shown)  # fmt: skip
+        self._shown[(node, entry)] = max(shown, order)
         deleted = self._deleted.get((node, entry))
         if deleted is not None and order <= deleted:
             self.violate(

@@ -20,7 +20,7 @@ from typing import Any
 from ..core.config import Config, profile
 from ..core.errors import LocalProtocolError
 from ..core.membership import GONE, Member, State
-from ..core.node import Node
+from ..core.node import LAMPORT_WINDOW, Node
 from ..core.table import Change
 from ..core.wire import (
     MAX_INT,
@@ -41,7 +41,6 @@ from .schedule import TABLE, Schedule, Step
 PORT = 7946
 TICK, DATAGRAM, STREAM_REQUEST, STREAM_REPLY, CALL = range(5)
 Blocker = Callable[[str, str], bool]
-SEEDS = 3  # a starting node joins through the cluster's first three nodes, as the Ansible role sets it
 CAPTURED = 2000  # datagrams kept (a uniform sample of all delivered) for replay faults
 
 
@@ -152,6 +151,10 @@ class Simulator:
         self._converged_digest: dict[str, int] = {}
         self.membership_converged_at: float | None = None
         self.liveness: Violation | None = None
+        # A generated run goes on after converging, until tombstones seen by then are reaped
+        # everywhere: what reaping, late re-assertions or stragglers do must show too.
+        ttl = self.config.tombstone_ttl
+        self.hold = min(90.0, ttl + min(60.0, ttl)) if schedule is not None else 0.0
         self._fault_log: list[dict[str, Any]] = []
 
     @classmethod
@@ -244,6 +247,10 @@ class Simulator:
             delay = self.net_rng.uniform(self.options.latency_min, self.options.latency_max)
             delay += len(request.frame) / self.options.bandwidth
             self._push(self.now + delay, STREAM_REQUEST, dst, name, request.id, request.frame)
+        journal = self.journals[name]
+        for event in node.take_own_writes():  # as the daemon journals them
+            if event.network in node.networks:
+                journal.record(event)
         attached = self.attached[name]
         for change in node.take_changes():
             if isinstance(change, Change):
@@ -356,7 +363,6 @@ class Simulator:
             self.failed_writes += 1
             return False
         self.truth.record(event)
-        self.journals[name].record(event)
         if flush:
             self._flush(name)
         return True
@@ -426,15 +432,15 @@ class Simulator:
         for network in sorted(set(self.networks_of[name]) | journal.networks):
             node.attach(network, self.now)
             self.attached[name].add(network)
-        restored = node.restore(journal.load(self.now, self.config.tombstone_ttl), self.now, int(self.now * 1000))
-        for event in restored:
-            journal.record(event)
+        node.restore(journal.load(self.now, self.config.tombstone_ttl), self.now, int(self.now * 1000))
         self._join(name, node, 0.5)
 
     def _join(self, name: str, node: Node, backoff: float) -> None:
         if self.nodes.get(name) is not node or name in self.crashed or node.stats.get("joined", 0):
             return
-        seeds = [self.addresses[n] for n in self.names[: SEEDS + 1] if n != name][:SEEDS]
+        # Every other node is a seed: a node whose only seeds are down for good can never join,
+        # and the model could not tell that apart from a protocol failure.
+        seeds = [self.addresses[n] for n in self.names if n != name]
         node.join(seeds, self.now)
         self._flush(name)
         self.call_at(self.now + backoff, lambda: self._join(name, node, min(2 * backoff, 30.0)))
@@ -519,12 +525,24 @@ class Simulator:
             return
         if step.forgery == "incarnation":
             message = Suspect(step.peer, MAX_INT, step.peer)
-        elif step.forgery == "lamport":
-            shown = [e.event for net in sorted(target.networks) for e in target.networks[net].table.visible()]
+        elif step.forgery == "lamport" and target.networks:
+            # A real entry at the end of time, then tombstones that climb the clock a window at a
+            # time (each within a bound measured from the receiver's own clock, 2**63 in 8,192).
+            network = sorted(target.networks)[0]
+            shown = list(target.networks[network].table.visible())
+            stair = [
+                TableEvent(
+                    network, TABLE, f"forged-{i}", b"", step.peer, target.clock.time + i * LAMPORT_WINDOW, 0, True
+                )
+                for i in range(1, 65)
+            ]
             if shown:
-                real = shown[self.net_rng.randrange(len(shown))]
-                message = TableEvent(real.network, real.table, real.key, real.value, real.owner, MAX_INT,
-                                     real.wall_ms, False)  # fmt: skip
+                real = shown[self.net_rng.randrange(len(shown))].event
+                stair.append(TableEvent(network, real.table, real.key, real.value, real.owner, MAX_INT, real.wall_ms,
+                                        False))  # fmt: skip
+            self.forged += 1
+            self._push(self.now, DATAGRAM, step.node, self.addresses[step.peer], encode_datagram(step.peer, stair))
+            return
         if message is None:  # an attachment record, also when the target holds no entry to forge
             networks = self.networks_of[step.peer] or sorted(self.members)
             message = NodeNetwork(step.peer, networks[0], MAX_INT, False)
@@ -623,7 +641,8 @@ class Simulator:
         return {"members": len(present), "expected": len(expected), "missing": missing, "unexpected": unexpected}
 
     def _digests(self, network: str) -> set[int]:
-        return {self.nodes[n].networks[network].table.digest for n in self.present(network)}
+        """The table digests of a network's present members ({0} when none is present)."""
+        return {self.nodes[n].networks[network].table.digest for n in self.present(network)} or {0}
 
     def _network_converged(self, network: str) -> bool:
         """All present members hold identical tables (cheap digest test) that match the ground truth."""
@@ -665,10 +684,14 @@ class Simulator:
                 present = self.present(network)
                 last = max((self.observer.last_change.get((n, network), 0.0) for n in present), default=0.0)
                 self.network_converged_at[network] = last
-                (self._converged_digest[network],) = self._digests(network) or {0}
-        if self.membership_converged_at is None and self._membership_converged():
+                (self._converged_digest[network],) = self._digests(network)
+        if not self._membership_converged():
+            self.membership_converged_at = None
+        elif self.membership_converged_at is None:
             self.membership_converged_at = self.now
-        if len(self.network_converged_at) == len(self.members) and self.membership_converged_at is not None:
+        if len(self.network_converged_at) < len(self.members) or self.membership_converged_at is None:
+            self.converged_at = None  # lost again (a generated run holds on after converging)
+        elif self.converged_at is None:
             self.converged_at = self.now
 
     def _liveness_violation(self) -> Violation | None:
@@ -746,7 +769,7 @@ class Simulator:
             self.crashed.update(cold)
             self._warm_start([n for n in self.names if n not in cold])
             self._schedule_steps(self.schedule)
-            deadline = self.settle_at + liveness_bound(self.config, len(self.names))
+            deadline = self.settle_at + liveness_bound(self.config, len(self.names)) + self.hold
         checks = self.settle_at
         while checks <= deadline:
             self.call_at(checks, self._check)
@@ -771,7 +794,7 @@ class Simulator:
                 self._flush(name)
             elif kind == CALL:
                 item[3]()
-                if self.converged_at is not None:
+                if self.converged_at is not None and self.now >= self.converged_at + self.hold:
                     break
             else:
                 self._handle(item)
