@@ -60,10 +60,6 @@ class Config:
     digest_mismatch_rounds: int = 3
     # ...unless the entry counts differ by more than this, which rumours will not fix soon.
     digest_pull_threshold: int = 32
-    # Entries one sync message carries at most. A larger delta goes over several syncs, oldest
-    # first per owner, so no single callback blocks the loop for seconds (a 75,000-entry sync on
-    # a busy host kept it from answering probes, and its peers declared it dead: moby#52661).
-    sync_max_entries: int = 8192
     # Seconds a stream (push-pull, sync) may take before it counts as failed.
     stream_timeout: float = 10.0
     # Largest stream frame accepted, in bytes (a 100,000-entry table is ~10 MB).

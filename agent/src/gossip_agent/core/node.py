@@ -111,7 +111,6 @@ class _NetworkState:
     # former life wrote (journal lost) or what we deleted before a detach must be seen to be undone.
     own_synced: bool = False
     returned: set[str] = field(default_factory=set)  # members back from the dead, not yet synced with
-    more_from: str | None = None  # a peer whose last sync answer was cut short by the size limit
 
 
 class Node:
@@ -630,9 +629,9 @@ class Node:
         elif isinstance(msg, SyncRequest):
             state = self.networks[msg.network]  # decode_frame refused networks we are not in
             self._heed_mark_for_us(state, msg.digest, now)
-            events, full, cut = state.table.delta_for(msg.digest, sender, self.config.sync_max_entries)
+            events, full = state.table.delta_for(msg.digest, sender)
             self.count("sync_entries_out", len(events))
-            reply = SyncResponse(msg.network, tuple(events), self._sync_digest(state, cut), tuple(full), True)
+            reply = SyncResponse(msg.network, tuple(events), self._sync_digest(state), tuple(full), True)
             self._expect_push(sender, msg.network, now)
         elif isinstance(msg, SyncPush):
             if self._expected_pushes.pop((sender, msg.network), -1.0) < now:
@@ -660,15 +659,10 @@ class Node:
         # The peer absorbs our reply before it pushes: allow it the stream timeout twice.
         pushes[(peer, network)] = now + 2 * self.config.stream_timeout
 
-    def _sync_digest(self, state: _NetworkState, cut: dict[str, int] | None = None) -> dict[str, tuple[int, int]]:
-        """Our digest as a sync sends it: no mark for ourselves before our first sync, and for an
-        owner cut short by the size limit no mark above what was sent."""
+    def _sync_digest(self, state: _NetworkState) -> dict[str, tuple[int, int]]:
         digest = state.table.sync_digest()
         if not state.own_synced:
             digest[self.name] = (0, digest.get(self.name, (0, 0))[1])
-        for owner, upto in (cut or {}).items():
-            mark, hashed = digest.get(owner, (0, 0))
-            digest[owner] = (min(mark, upto), hashed)
         return digest
 
     def on_stream_reply(self, sid: int, data: bytes | None, now: float) -> None:
@@ -734,20 +728,18 @@ class Node:
         received = {(e.table, e.key, e.lamport) for e in msg.entries}
         self._absorb(msg.network, msg.entries, msg.digest, msg.full_owners, now)
         state.own_synced = True
-        if len(msg.entries) >= self.config.sync_max_entries and pending.peer is not None:
-            state.more_from = pending.peer  # cut short by the size limit: go on at the next tick
         if pending.why == "return":
             # One returner's table holds what its side has (a heal brings a whole side back):
             # syncing with each of them again would mostly fetch the same entries. A returner
             # whose entries we now hold exactly as this peer does is not synced with again.
             state.returned = {r for r in state.returned if not state.table.holds_as(r, msg.digest)}
-        events, full, cut = state.table.delta_for(msg.digest, pending.peer or "", self.config.sync_max_entries)
+        events, full = state.table.delta_for(msg.digest, pending.peer or "")
         # What the peer just sent us it has; but a full owner's set must go whole, or the peer
         # would take the missing ones for reaped deletes and drop its own copies.
         in_full = set(full)
         events = [e for e in events if e.owner in in_full or (e.table, e.key, e.lamport) not in received]
         addr = self.address_of(pending.peer) if pending.peer else None
-        digest = self._sync_digest(state, cut)
+        digest = self._sync_digest(state)
         if addr is not None and (events or full or digest != msg.digest):
             self.count("sync_entries_out", len(events))
             push = SyncPush(msg.network, tuple(events), digest, tuple(full))
@@ -810,9 +802,6 @@ class Node:
         for network, state in self.networks.items():
             if state.needs_join_sync and state.syncing is None:
                 self._join_sync(network, state, now)
-            if state.more_from is not None and state.syncing is None:
-                peer, state.more_from = state.more_from, None
-                self._start_sync(network, state, peer, now, "continued")
             if state.returned and state.syncing is None:
                 self._start_sync(network, state, min(state.returned), now, "return")
             if now >= state.next_sync_at:

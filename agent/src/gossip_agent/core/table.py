@@ -220,22 +220,15 @@ class NetworkTable:
         """We hold the same entries of `owner` as a peer with digest `peer`, none withdrawn."""
         return owner not in self._withdrawn and self._owner_hash.get(owner, 0) == peer.get(owner, (0, 0))[1]
 
-    def delta_for(
-        self, peer: OwnerDigest, peer_name: str = "", limit: int = 0
-    ) -> tuple[list[TableEvent], list[str], dict[str, int]]:
-        """Entries a peer with digest `peer` lacks, the owners sent in full, and the owners cut
-        short by `limit` (0: none), each with the time up to which the peer may now count itself
-        complete: a cut owner's entries go oldest first, so everything the peer lacked up to its
-        last entry sent is there; an owner not reached at all keeps the peer's own mark.
+    def delta_for(self, peer: OwnerDigest, peer_name: str = "") -> tuple[list[TableEvent], list[str]]:
+        """Entries a peer with digest `peer` lacks, and the owners sent in full.
 
         To the owner itself (`peer_name`) we also send what we hold *below* its mark when we claim
         to be as complete as it is and still differ: those are copies it does not hold, such as a
         former life's entries or deletes whose tombstones never reached us, and only the owner can
-        undo them (it answers with newer versions). No one else is shown them. A full owner's set
-        goes whole, whatever the limit: the peer takes what is missing from it for reaped."""
+        undo them (it answers with newer versions). No one else is shown them."""
         events: list[TableEvent] = []
         full: list[str] = []
-        cut: dict[str, int] = {}
         for owner, bucket in self._by_owner.items():
             mark, hashed = peer.get(owner, (0, 0))
             if hashed == self._owner_hash.get(owner, 0):
@@ -243,18 +236,11 @@ class NetworkTable:
             if mark < self.reaped.get(owner, 0):
                 full.append(owner)
                 events.extend(e.event for e in bucket.values() if not e.withdrawn)
-                continue
-            if owner == peer_name and self.watermarks.get(owner, 0) >= mark:
-                mine = [e.event for e in bucket.values() if not e.withdrawn]
+            elif owner == peer_name and self.watermarks.get(owner, 0) >= mark:
+                events.extend(e.event for e in bucket.values() if not e.withdrawn)
             else:
-                mine = [e.event for e in bucket.values() if not e.withdrawn and e.event.lamport > mark]
-            room = limit - len(events) if limit else len(mine)
-            if len(mine) > room:
-                mine.sort(key=lambda e: e.lamport)
-                mine = mine[: max(room, 0)]
-                cut[owner] = mine[-1].lamport if mine else mark
-            events.extend(mine)
-        return events, full, cut
+                events.extend(e.event for e in bucket.values() if not e.withdrawn and e.event.lamport > mark)
+        return events, full
 
     def absorb(
         self,

@@ -137,21 +137,10 @@ class Knobs:
     cold_start: float = 0.3  # chance that some nodes start cold and join through seeds
     # A short tombstone TTL (some runs) lets replays and late copies meet reaped tombstones.
     tombstone_ttl: tuple[float, float] = (4.0, 40.0)
-    # A small sync size limit (some runs) makes deltas span several syncs, cut mid-owner.
-    sync_max_entries: tuple[int, int] = (4, 400)
     kinds: tuple[str, ...] = field(default=KINDS)  # which step kinds may be drawn
 
     def __post_init__(self) -> None:
-        for name in (
-            "nodes",
-            "networks",
-            "active",
-            "operations",
-            "burst",
-            "faults",
-            "tombstone_ttl",
-            "sync_max_entries",
-        ):
+        for name in ("nodes", "networks", "active", "operations", "burst", "faults", "tombstone_ttl"):
             low, high = getattr(self, name)
             if not 0 <= low <= high:
                 raise ValueError(f"knob {name} must be a range LOW <= HIGH, got {low}..{high}")
@@ -201,8 +190,6 @@ def generate(seed: int, knobs: Knobs | None = None) -> Schedule:
     overrides: dict[str, float] = {}
     if rng.random() < 0.4:
         overrides["tombstone_ttl"] = round(d.uniform(knobs.tombstone_ttl), 3)
-    if rng.random() < 0.4:
-        overrides["sync_max_entries"] = d.randint(knobs.sync_max_entries)
     slow = rng.random() < 0.3
     latency = (0.0005, 0.002) if not slow else (0.001, round(rng.uniform(0.005, 0.05), 4))
 
