@@ -125,16 +125,19 @@ class Node:
         lamport: int = 0,
         incarnation: int = 0,
         static: StaticCluster | None = None,
+        wall_us: int = 0,
     ) -> None:
-        """`lamport`: where the clock starts. Callers start it at least at wall-clock microseconds:
-        a new life whose journal was lost cannot know the times its former life wrote, and times
-        reused below what peers hold as complete would never be synced to them."""
+        """`lamport`: where the clock starts. Callers start it at least at wall-clock microseconds
+        (`wall_us`, now): a new life whose journal was lost cannot know the times its former life
+        wrote, and times reused below what peers hold as complete would never be synced to them.
+        `wall_us` also anchors the ceiling of Lamport times we accept (`_clock_ceiling`): the same
+        for every node of a cluster, whatever clock its journal brought back."""
         self.name = name
         self.addr = addr
         self.config = config
         self.rng = rng
         self.clock = LamportClock(lamport)
-        self._clock_start, self._started_at = lamport, now
+        self._clock_start, self._started_at = wall_us, now
         self.static = static
         self.membership = Membership(name, addr, config, rng, now, incarnation)
         # (node, network) -> latest attachment record, and for each network the live members
@@ -437,6 +440,8 @@ class Node:
             self._on_attachment(msg, now)
 
     def _clock_ceiling(self, now: float) -> float:
+        # Anchored at wall time, not at our clock: a clock a forger pushed up and a restart
+        # brought back from the journal must not raise the ceiling a window more each time.
         return self._clock_start + (now - self._started_at) * CLOCK_RATE + LAMPORT_WINDOW
 
     def _clock_ok(self, lamport: int, now: float) -> bool:

@@ -35,6 +35,7 @@ class Agent:
         self.keyring = Keyring.load(config.keyring_file) if config.keyring_file else None
         self.journal = Journal(config.state_dir / "journal.db", config.node_name)
         self.loop = asyncio.get_running_loop()
+        wall_us = int(time.time() * 1e6)
         # The core keeps time on the monotonic loop clock; walls are for people and latency only.
         self.node = Node(
             config.node_name,
@@ -44,10 +45,11 @@ class Agent:
             self.loop.time(),
             # Above every time the last life may have sent (its lease was made durable before use),
             # and, for a life whose journal was lost, above what its former life could have reached.
-            lamport=max(self.journal.meta("lamport"), self.journal.meta("lamport_lease"), int(time.time() * 1e6)),
+            lamport=max(self.journal.meta("lamport"), self.journal.meta("lamport_lease"), wall_us),
             # A new life: peers may hold our graceful leave or our death at the saved incarnation,
             # which an Alive at the same one could not overturn.
             incarnation=self.journal.meta("incarnation") + 1,
+            wall_us=wall_us,
         )
         self.transport = Transport(
             config.bind_addr,

@@ -285,6 +285,7 @@ class Simulator:
             lamport=lamport,
             incarnation=incarnation,
             static=self.static,
+            wall_us=int(self.now * 1e6),
         )
         self.nodes[name] = node
         return node
