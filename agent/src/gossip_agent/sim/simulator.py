@@ -417,9 +417,6 @@ class Simulator:
         self._flush(name)
         self._crash(name)
 
-    def _restart(self, name: str) -> None:
-        self._start(name)
-
     def _start(self, name: str) -> None:
         """Start a node's process as the daemon does: attach its configured and journaled networks,
         restore its own entries, then join through the seeds, retrying with backoff."""
@@ -495,7 +492,7 @@ class Simulator:
             for victim in victims:
                 self.call_at(crash.at, lambda v=victim: self._crash(v))
                 if crash.restart_at is not None:
-                    self.call_at(crash.restart_at, lambda v=victim: self._restart(v))
+                    self.call_at(crash.restart_at, lambda v=victim: self._start(v))
             self._fault_log.append({"fault": "crash", "nodes": victims, "at": crash.at, "restart_at": crash.restart_at})
             self.settle_at = max(self.settle_at, crash.restart_at or crash.at)
 
