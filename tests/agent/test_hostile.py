@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import msgpack
 import pytest
 
 from gossip_agent.core.table import NetworkTable
@@ -141,3 +142,10 @@ def test_detach_records_are_reaped_with_tombstones_and_push_pull_stays_decodable
     trio.run(a.config.tombstone_ttl + 61.0, step=1.0)
     assert len(a.attachments) == before
     assert "b" in a.peers_in("net")  # the live record of b stays
+
+
+def test_a_stream_frame_whose_type_is_a_map_is_refused(trio):
+    """Found by bench/fuzz.py: an empty map as the message type raised TypeError (unhashable)."""
+    a = trio.nodes["a"]
+    assert a.handle_stream(msgpack.packb([1, "b", [{}, "net"]]), trio.now) == b""
+    assert a.stats["dropped_stream_unknown_type"] == 1

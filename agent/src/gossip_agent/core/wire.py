@@ -629,7 +629,8 @@ def decode_frame(data: bytes, max_bytes: int, in_scope: Callable[[str], bool] | 
     """(sender, message) of one stream frame. A sync frame of a network `in_scope` refuses is
     dropped before its entries are validated, which is most of the cost of a large frame."""
     sender, body = _envelope(_unpack(data, max_bytes))
-    if in_scope is not None and isinstance(body, list) and len(body) > 1 and body[0] in SYNC_TYPES:
+    kind = body[0] if isinstance(body, list) and len(body) > 1 else None
+    if in_scope is not None and isinstance(kind, int) and kind in SYNC_TYPES:  # (a map is unhashable)
         network = _str(body[1], "network")
         if not in_scope(network):
             raise OutOfScope(network, body[0])
