@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import random
 
+import msgpack
 import pytest
 
 from gossip_agent.core.config import local
 from gossip_agent.core.errors import LocalProtocolError
 from gossip_agent.core.node import Node
-from gossip_agent.core.wire import TableEvent, encode_datagram
+from gossip_agent.core.wire import Ack, Ping, TableEvent, decode_datagram, encode_datagram
 
 
 class Wire:
-    """Delivers every datagram and stream at once; time moves only when told."""
+    """Delivers every datagram and stream, and merges every received sync, at once; time moves only
+    when told."""
 
     def __init__(self, names: list[str], seed: int = 1) -> None:
         rng = random.Random(seed)
@@ -45,6 +47,9 @@ class Wire:
                     peer = self.nodes.get(self.by_address.get(request.addr[0], ""))
                     reply = peer.handle_stream(request.frame, self.now) if peer else None
                     node.on_stream_reply(request.id, reply or None, self.now)
+                while node.busy:  # received syncs are merged a slice per tick, here at once
+                    busy = True
+                    node.tick(self.now)
                 node.take_changes()
 
     def form(self, networks: dict[str, list[str]]) -> None:
@@ -154,3 +159,72 @@ def test_static_view_never_picks_ourselves(size):
         picked = node._random_peers_in("net", 3)
         assert "n1" not in picked
         assert len(picked) == min(3, size - 1)
+
+
+# --- received syncs are merged a slice per tick ------------------------------------------------
+
+
+def _pending_join_sync(entries: int, slice_entries: int = 10) -> tuple[Wire, Node, bytes, int]:
+    """a and b form a network; b writes `entries` while a is out of it; a attaches and its join
+    sync's response from b is returned unanswered: (wire, a, response frame, stream id)."""
+    wire = Wire(["a", "b"])
+    wire.form({"net": ["b"]})
+    for i in range(entries):
+        wire.nodes["b"].write("net", "ep", f"b{i}", b"v", wire.now, 0)
+    wire.run(1.0)
+    a = wire.nodes["a"]
+    a.config = a.config.with_overrides({"sync_slice_entries": slice_entries})
+    a.attach("net", wire.now)
+    (request,) = a.take_streams()
+    reply = wire.nodes["b"].handle_stream(request.frame, wire.now)
+    return wire, a, reply, request.id
+
+
+def test_a_big_sync_is_merged_a_slice_per_tick_and_probes_are_answered_between():
+    wire, a, reply, sid = _pending_join_sync(500)
+    a.on_stream_reply(sid, reply, wire.now)
+    assert a.busy
+    assert wire.keys("a", "net") == set()
+    a.tick(wire.now)
+    assert len(wire.keys("a", "net")) == 10
+    a.handle_datagram(wire.addresses["b"], encode_datagram("b", [Ping(7, "a")]), wire.now)
+    assert any(isinstance(m, Ack) and m.seq == 7 for _, d in a.take_datagrams() for m in decode_datagram(d)[1])
+    assert len(wire.keys("a", "net")) == 10  # the probe did not wait for the merge, nor drive it
+    ticks = 1
+    while a.busy:
+        a.tick(wire.now)
+        ticks += 1
+    assert ticks == 50
+    assert wire.keys("a", "net") == {f"b{i}" for i in range(500)}
+    state = a.networks["net"]
+    assert state.own_synced
+    assert state.syncing is None
+
+
+def test_a_malformed_entry_stops_the_merge_where_it_is_and_vouches_for_nothing():
+    wire, a, reply, sid = _pending_join_sync(100)
+    frame = msgpack.unpackb(reply)
+    frame[2][2][25][5] = "not a time"  # [version, sender, [type, network, entries, ...]]
+    a.on_stream_reply(sid, msgpack.packb(frame), wire.now)
+    while a.busy:
+        a.tick(wire.now)
+    assert len(wire.keys("a", "net")) == 20  # two whole slices; the third held the bad entry
+    assert a.stats["dropped_stream_malformed"] == 1
+    state = a.networks["net"]
+    assert not state.own_synced  # the sync did not complete
+    assert state.syncing is None  # free to sync again
+    wire.run(40.0)  # the next periodic sync repairs it
+    assert wire.keys("a", "net") == {f"b{i}" for i in range(100)}
+
+
+def test_leaving_a_network_mid_merge_abandons_the_rest():
+    wire, a, reply, sid = _pending_join_sync(100)
+    a.on_stream_reply(sid, reply, wire.now)
+    a.tick(wire.now)
+    a.detach("net", wire.now, 0)
+    a.attach("net", wire.now)
+    a.take_streams()  # the new attachment's own join sync: not answered here
+    a.tick(wire.now)
+    assert not a.busy
+    assert a.stats["syncs_abandoned"] == 1
+    assert wire.keys("a", "net") == set()  # nothing of the old merge reached the new attachment

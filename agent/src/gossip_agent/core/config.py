@@ -64,6 +64,9 @@ class Config:
     stream_timeout: float = 10.0
     # Largest stream frame accepted, in bytes (a 100,000-entry table is ~10 MB).
     max_frame_bytes: int = 64 * 1024 * 1024
+    # Entries of a received sync merged per loop iteration: probes and acks are answered between
+    # slices (~10 ms each here), so a 100,000-entry sync never makes peers suspect us.
+    sync_slice_entries: int = 1024
 
     # --- entries -----------------------------------------------------------------------------------
     # Seconds a delete (tombstone) is kept so that no stale copy can resurrect the entry.

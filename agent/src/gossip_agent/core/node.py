@@ -12,7 +12,8 @@ drops (and counts) table events of networks it is not in.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -22,10 +23,11 @@ from .config import Config
 from .errors import LocalProtocolError, OutOfScope, RemoteProtocolError
 from .membership import GONE, LIVE, Member, MemberChange, Membership, State
 from .rng import Rng
-from .table import Change, NetworkTable
+from .table import Change, EntryKey, NetworkTable
 from .wire import (
     MAX_ATTACHMENTS,
     MAX_MEMBERS,
+    MAX_STREAM_ITEMS,
     Ack,
     Address,
     Alive,
@@ -37,6 +39,7 @@ from .wire import (
     Nack,
     NetworkDigest,
     NodeNetwork,
+    OwnerDigest,
     Ping,
     PushPull,
     StreamAck,
@@ -69,6 +72,8 @@ MAX_CLUSTER_BACKLOG = 4096
 MAX_PROBES_PER_DATAGRAM = 2
 # Sync responses we owe a push for: at most this many (peer, network) pairs are remembered.
 MAX_EXPECTED_PUSHES = 1024
+# Entries of received syncs waiting to be merged; a sync beyond this is refused (and retried later).
+MAX_ABSORB_BACKLOG = MAX_STREAM_ITEMS
 
 
 class StaticCluster(Protocol):
@@ -111,6 +116,25 @@ class _NetworkState:
     # former life wrote (journal lost) or what we deleted before a detach must be seen to be undone.
     own_synced: bool = False
     returned: set[str] = field(default_factory=set)  # members back from the dead, not yet synced with
+
+
+@dataclass(slots=True)
+class _Absorbing:
+    """A received sync (our request's response, or a peer's push) being merged a slice at a
+    time: a 75,000-entry sync in one callback kept a node from answering probes for seconds, and
+    its peers declared it dead (moby#52661 on a 50-host lab)."""
+
+    network: str
+    state: _NetworkState  # the attachment it was received in: a detach abandons it
+    sender: str
+    entries: Sequence[TableEvent]
+    digest: OwnerDigest  # the sender's, as sent: what it holds, for the push back
+    vouched: OwnerDigest  # the marks of it we may take over (not ours, none beyond our window)
+    full_keys: dict[str, set[EntryKey]]  # owners sent in full -> keys seen so far
+    queued_at: float
+    response_to: _PendingStream | None = None  # None: a push, the second half of a peer's sync
+    received: set[tuple[str, str, int]] = field(default_factory=set)  # (table, key, time) merged
+    done: int = 0
 
 
 class Node:
@@ -166,6 +190,7 @@ class Node:
         self.seeds: list[Address] = []
         self._left_tables: dict[str, NetworkTable] = {}  # networks we left: our tombstones there
         self._detached_at: dict[tuple[str, str], float] = {}  # detach records, by when they came
+        self._absorbing: deque[_Absorbing] = deque()  # received syncs, merged a slice per tick
 
     # === helpers ===================================================================================
 
@@ -648,11 +673,8 @@ class Node:
                 # push could claim any owner complete and erase what we hold of it.
                 self.count("dropped_stream_unsolicited")
                 return b""
-            self._absorb(msg.network, msg.entries, msg.digest, msg.full_owners, now)
-            pushed = self.networks.get(msg.network)
-            if pushed is not None and self.owner_ok(msg.network, sender):
-                # A returner synced with us and pushed what we lacked: our sync with it is done.
-                pushed.returned.discard(sender)
+            if not self._queue_absorb(sender, msg.network, msg.entries, msg.digest, msg.full_owners, now):
+                return b""  # too much waiting already: the peer's next sync brings it again
             reply = StreamAck()
         else:
             self.count("dropped_stream_unexpected")
@@ -708,7 +730,10 @@ class Node:
             if msg.network != pending.network:
                 self.count("dropped_stream_wrong_network")
                 return
-            self._finish_sync(pending, state, msg, now)
+            if msg.member and self._queue_absorb(
+                pending.peer or "", msg.network, msg.entries, msg.digest, msg.full_owners, now, pending
+            ):
+                state.syncing = sid  # no other sync of this network until this one is merged
         elif isinstance(msg, StreamAck) and pending.kind == "sync-push":
             self.count("syncs_completed")
         else:
@@ -731,45 +756,54 @@ class Node:
         state.syncing = self._open_stream("sync", addr, SyncRequest(network, digest), now, peer, network, why)
         self.count(f"syncs_{why}")
 
-    def _finish_sync(self, pending: _PendingStream, state: _NetworkState, msg: SyncResponse, now: float) -> None:
-        if not msg.member:
-            return
-        received = {(e.table, e.key, e.lamport) for e in msg.entries}
-        self._absorb(msg.network, msg.entries, msg.digest, msg.full_owners, now)
-        state.own_synced = True
-        if pending.why == "return":
-            # One returner's table holds what its side has (a heal brings a whole side back):
-            # syncing with each of them again would mostly fetch the same entries. A returner
-            # whose entries we now hold exactly as this peer does is not synced with again.
-            state.returned = {r for r in state.returned if not state.table.holds_as(r, msg.digest)}
-        events, full = state.table.delta_for(msg.digest, pending.peer or "")
-        # What the peer just sent us it has; but a full owner's set must go whole, or the peer
-        # would take the missing ones for reaped deletes and drop its own copies.
-        in_full = set(full)
-        events = [e for e in events if e.owner in in_full or (e.table, e.key, e.lamport) not in received]
-        addr = self.address_of(pending.peer) if pending.peer else None
-        digest = self._sync_digest(state)
-        if addr is not None and (events or full or digest != msg.digest):
-            self.count("sync_entries_out", len(events))
-            push = SyncPush(msg.network, tuple(events), digest, tuple(full))
-            self._open_stream("sync-push", addr, push, now, pending.peer, None)
-        else:
-            self.count("syncs_completed")
-
-    def _absorb(
+    def _queue_absorb(
         self,
+        sender: str,
         network: str,
-        events: Sequence[TableEvent],
-        digest: dict[str, tuple[int, int]],
+        entries: Sequence[TableEvent],
+        digest: OwnerDigest,
         full: Sequence[str],
         now: float,
-    ) -> None:
+        response_to: _PendingStream | None = None,
+    ) -> bool:
+        """Queue a received sync to be merged slice by slice (`_absorb_slice`); False if refused."""
         state = self.networks.get(network)
         if state is None:
-            self._out_of_scope(network, max(1, len(events)))
-            return
-        self.count("sync_entries_in", len(events))
+            self._out_of_scope(network, max(1, len(entries)))
+            return False
+        if sum(len(job.entries) - job.done for job in self._absorbing) + len(entries) > MAX_ABSORB_BACKLOG:
+            self.count("syncs_refused_backlog")
+            return False
+        self.count("sync_entries_in", len(entries))
         self._heed_mark_for_us(state, digest, now)
+        # A mark beyond our clock's window vouches for writes that cannot have happened; and no
+        # peer vouches for our own entries.
+        ceiling = self._clock_ceiling(now)
+        vouched = {o: v for o, v in digest.items() if v[0] <= ceiling and o != self.name}
+        full_keys: dict[str, set[EntryKey]] = {o: set() for o in full if o in vouched}
+        job = _Absorbing(network, state, sender, entries, digest, vouched, full_keys, now, response_to)
+        self._absorbing.append(job)
+        return True
+
+    def _absorb_slice(self, now: float) -> None:
+        """Merge the next `sync_slice_entries` entries of the oldest received sync; after its last,
+        settle it (marks, full owners) and, for our own sync, push back what the peer lacks."""
+        job = self._absorbing[0]
+        state = job.state
+        if self.networks.get(job.network) is not state:
+            self._absorbing.popleft()  # we left the network (and maybe came back) meanwhile
+            self.count("syncs_abandoned")
+            return
+        end = min(job.done + self.config.sync_slice_entries, len(job.entries))
+        try:
+            events = job.entries[job.done : end]
+        except RemoteProtocolError as exc:
+            self._absorbing.popleft()  # what was merged stays: each entry was valid on its own
+            self.count(f"dropped_stream_{exc.reason}")
+            if job.response_to is not None:
+                state.syncing = None
+            return
+        job.done = end
         theirs = []
         for event in events:
             if not self._clock_ok(event.lamport, now):
@@ -783,15 +817,48 @@ class Node:
             else:
                 self.clock.witness(event.lamport)
                 theirs.append(event)
-        # A mark beyond our clock's window vouches for writes that cannot have happened; and no
-        # peer vouches for our own entries.
-        ceiling = self._clock_ceiling(now)
-        digest = {o: v for o, v in digest.items() if v[0] <= ceiling and o != self.name}
-        full = [o for o in full if o in digest]
-        changes = state.table.absorb(theirs, digest, full, now, lambda owner: self.owner_ok(network, owner))
+            if job.response_to is not None:
+                job.received.add((event.table, event.key, event.lamport))
+        owner_ok = self._owner_ok_in(job.network)
+        changes = state.table.merge(theirs, job.full_keys, now, owner_ok)
+        if end == len(job.entries):
+            self._absorbing.popleft()
+            changes += state.table.settle(job.vouched, job.full_keys, now, owner_ok)
+            if job.response_to is not None:
+                state.syncing = None
+                self._sync_merged(job, now)
+            elif self.owner_ok(job.network, job.sender):
+                # A returner synced with us and pushed what we lacked: our sync with it is done.
+                state.returned.discard(job.sender)
         self._changes.extend(changes)
         if changes:
             state.hot_until = now + HOT_ROUNDS * self.config.gossip_interval
+
+    def _owner_ok_in(self, network: str) -> Callable[[str], bool]:
+        return lambda owner: self.owner_ok(network, owner)
+
+    def _sync_merged(self, job: _Absorbing, now: float) -> None:
+        """Our sync's response is merged: push back what the peer lacks."""
+        state, peer = job.state, job.sender
+        state.own_synced = True
+        if job.response_to is not None and job.response_to.why == "return":
+            # One returner's table holds what its side has (a heal brings a whole side back):
+            # syncing with each of them again would mostly fetch the same entries. A returner
+            # whose entries we now hold exactly as this peer does is not synced with again.
+            state.returned = {r for r in state.returned if not state.table.holds_as(r, job.digest)}
+        events, full = state.table.delta_for(job.digest, peer)
+        # What the peer just sent us it has; but a full owner's set must go whole, or the peer
+        # would take the missing ones for reaped deletes and drop its own copies.
+        in_full = set(full)
+        events = [e for e in events if e.owner in in_full or (e.table, e.key, e.lamport) not in job.received]
+        addr = self.address_of(peer)
+        digest = self._sync_digest(state)
+        if addr is not None and (events or full or digest != job.digest):
+            self.count("sync_entries_out", len(events))
+            push = SyncPush(job.network, tuple(events), digest, tuple(full))
+            self._open_stream("sync-push", addr, push, now, peer, None)
+        else:
+            self.count("syncs_completed")
 
     # === time ======================================================================================
 
@@ -802,11 +869,20 @@ class Node:
         times.extend(s.next_sync_at for s in self.networks.values())
         if self._pending:
             times.append(min(p.deadline for p in self._pending.values()))
+        if self._absorbing:
+            times.append(self._absorbing[0].queued_at)  # due at once: a slice per tick
         return min(times)
+
+    @property
+    def busy(self) -> bool:
+        """Received syncs are waiting to be merged: the next tick merges a slice of them."""
+        return bool(self._absorbing)
 
     def tick(self, now: float) -> None:
         if self.left:
             return
+        if self._absorbing:
+            self._absorb_slice(now)
         if self.static is None:
             self._tick_cluster(now)
         if now >= self.next_gossip_at:

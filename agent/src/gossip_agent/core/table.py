@@ -242,27 +242,38 @@ class NetworkTable:
                 events.extend(e.event for e in bucket.values() if not e.withdrawn and e.event.lamport > mark)
         return events, full
 
-    def absorb(
+    def merge(
         self,
         events: Iterable[TableEvent],
-        peer: OwnerDigest,
-        full_owners: Iterable[str],
+        full_keys: dict[str, set[EntryKey]],
         now: float,
         owner_ok: Callable[[str], bool],
     ) -> list[Change]:
-        """Merge a peer's delta, then raise our watermarks to the peer's where that is now true."""
+        """Merge one slice of a peer's delta, noting in `full_keys` (owner -> keys, one set per
+        owner sent in full) which keys the peer sent; `settle` ends the delta."""
         changes = []
-        sent_keys: dict[str, set[EntryKey]] = {o: set() for o in full_owners}
         for event in events:
-            if event.owner in sent_keys:
-                sent_keys[event.owner].add((event.table, event.key))
+            if event.owner in full_keys:
+                full_keys[event.owner].add((event.table, event.key))
             if not owner_ok(event.owner):
                 continue
             change = self.apply(event, now)
             if change is not None and change.visible:
                 changes.append(change)
+        return changes
+
+    def settle(
+        self,
+        peer: OwnerDigest,
+        full_keys: dict[str, set[EntryKey]],
+        now: float,
+        owner_ok: Callable[[str], bool],
+    ) -> list[Change]:
+        """After a peer's whole delta is merged: drop what it no longer holds of owners it sent in
+        full, then raise our watermarks to the peer's where that is now true."""
+        changes = []
         # A full owner's entries the peer no longer has were superseded by tombstones it reaped.
-        for owner, keys in sent_keys.items():
+        for owner, keys in full_keys.items():
             mark = peer.get(owner, (0, 0))[0]
             for key, entry in list(self._by_owner.get(owner, {}).items()):
                 if key not in keys and entry.event.lamport <= mark:
@@ -276,3 +287,15 @@ class NetworkTable:
             if mark > self.watermarks.get(owner, 0) and owner_ok(owner) and owner not in self._withdrawn:
                 self.watermarks[owner] = mark
         return changes
+
+    def absorb(
+        self,
+        events: Iterable[TableEvent],
+        peer: OwnerDigest,
+        full_owners: Iterable[str],
+        now: float,
+        owner_ok: Callable[[str], bool],
+    ) -> list[Change]:
+        """Merge a peer's whole delta at once (`merge` then `settle`)."""
+        full_keys: dict[str, set[EntryKey]] = {o: set() for o in full_owners}
+        return self.merge(events, full_keys, now, owner_ok) + self.settle(peer, full_keys, now, owner_ok)

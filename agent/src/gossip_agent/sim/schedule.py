@@ -274,5 +274,8 @@ def generate(seed: int, knobs: Knobs | None = None) -> Schedule:
             peer = rng.choice([n for n in nodes if n != node])
             d.steps.append(Step(when, "forge", forgery=rng.choice(FORGERIES), node=node, peer=peer))
 
+    if rng.random() < 0.4:
+        # Syncs merged a few entries per tick, over many ticks, meet every other step mid-merge.
+        overrides["sync_slice_entries"] = rng.choice((1, 3, 16, 64))
     steps = tuple(sorted(d.steps, key=lambda s: s.at))
     return Schedule(seed, nodes, networks, cold, overrides, steps, round(active + 0.5, 3), latency)

@@ -41,6 +41,7 @@ from .schedule import TABLE, Schedule, Step
 PORT = 7946
 TICK, DATAGRAM, STREAM_REQUEST, STREAM_REPLY, CALL = range(5)
 Blocker = Callable[[str, str], bool]
+SLICE_TIME = 0.002  # virtual seconds a node spends merging one slice of a received sync
 CAPTURED = 2000  # datagrams kept (a uniform sample of all delivered) for replay faults
 
 
@@ -184,6 +185,8 @@ class Simulator:
     def _schedule_tick(self, name: str) -> None:
         node = self.nodes[name]
         at = max(node.next_deadline(), self.now)
+        if node.busy:
+            at = max(at, self.now + SLICE_TIME)  # merging a slice of a sync takes time, as it does for real
         if at < self.tick_at.get(name, math.inf):  # an earlier tick supersedes the queued one
             self.tick_at[name] = at
             self._push(at, TICK, name)
@@ -325,6 +328,7 @@ class Simulator:
                 state.needs_join_sync = False
                 state.syncing = None
             node._pending.clear()
+            node._absorbing.clear()
             self._schedule_tick(name)
 
     def _schedule_workloads(self) -> None:
