@@ -10,7 +10,7 @@ import pytest
 from gossip_agent.core.config import local
 from gossip_agent.core.errors import LocalProtocolError
 from gossip_agent.core.node import Node
-from gossip_agent.core.wire import Ack, Ping, TableEvent, decode_datagram, encode_datagram
+from gossip_agent.core.wire import Ack, Alive, Dead, Ping, TableEvent, decode_datagram, encode_datagram
 
 
 class Wire:
@@ -228,3 +228,29 @@ def test_leaving_a_network_mid_merge_abandons_the_rest():
     assert not a.busy
     assert a.stats["syncs_abandoned"] == 1
     assert wire.keys("a", "net") == set()  # nothing of the old merge reached the new attachment
+
+
+def test_an_owner_skipped_mid_merge_is_not_vouched_for_when_it_comes_back():
+    """c is declared dead before the first slice of a's join sync and refutes before the last:
+    its skipped entries must not be covered by a mark, or no later sync would send them."""
+    wire = Wire(["a", "b", "c"])
+    wire.form({"net": ["b", "c"]})
+    for i in range(30):
+        wire.nodes["c"].write("net", "ep", f"c{i}", b"v", wire.now, 0)
+    wire.run(30.0)
+    a = wire.nodes["a"]
+    a.config = a.config.with_overrides({"sync_slice_entries": 10})
+    a.attach("net", wire.now)
+    (request,) = a.take_streams()
+    a.on_stream_reply(request.id, wire.nodes["b"].handle_stream(request.frame, wire.now), wire.now)
+    incarnation = a.membership.members["c"].incarnation
+    a.handle_datagram(wire.addresses["b"], encode_datagram("b", [Dead("c", incarnation, "b")]), wire.now)
+    a.tick(wire.now)
+    alive = Alive("c", incarnation + 1, wire.addresses["c"])
+    a.handle_datagram(wire.addresses["c"], encode_datagram("c", [alive]), wire.now)
+    while a.busy:
+        a.tick(wire.now)
+    assert a.networks["net"].table.watermarks.get("c", 0) == 0
+    wire.run(60.0)
+    assert wire.keys("a", "net") == {f"c{i}" for i in range(30)}
+

@@ -706,8 +706,9 @@ class Node:
 
     def _finish_stream(self, sid: int, pending: _PendingStream, data: bytes | None, now: float) -> None:
         state = self.networks.get(pending.network) if pending.network is not None else None
+        ours = False  # a sync of the attachment in force (not of one we left since)
         if state is not None and state.syncing == sid:
-            state.syncing = None
+            state.syncing, ours = None, True
         if data is None:
             self.count(f"streams_failed_{pending.kind}")
             if pending.why == "join" and state is not None:
@@ -730,10 +731,19 @@ class Node:
             if msg.network != pending.network:
                 self.count("dropped_stream_wrong_network")
                 return
-            if msg.member and self._queue_absorb(
+            if not ours:
+                self.count("dropped_stream_stale")
+                return
+            if not msg.member:
+                return
+            if self._queue_absorb(
                 pending.peer or "", msg.network, msg.entries, msg.digest, msg.full_owners, now, pending
             ):
                 state.syncing = sid  # no other sync of this network until this one is merged
+            elif pending.why == "join":
+                state.needs_join_sync = True  # refused for now (backlog full): try again
+            elif pending.why == "return" and pending.peer is not None:
+                state.returned.add(pending.peer)
         elif isinstance(msg, StreamAck) and pending.kind == "sync-push":
             self.count("syncs_completed")
         else:
@@ -820,6 +830,12 @@ class Node:
             if job.response_to is not None:
                 job.received.add((event.table, event.key, event.lamport))
         owner_ok = self._owner_ok_in(job.network)
+        for owner in {e.owner for e in theirs if not owner_ok(e.owner)}:
+            # Skipped now: whatever this owner's state by the last slice, the sync no longer
+            # shows we hold all it vouched for (a false death mid-merge, refuted before the end,
+            # would otherwise raise our mark over entries we never took).
+            job.vouched.pop(owner, None)
+            job.full_keys.pop(owner, None)
         changes = state.table.merge(theirs, job.full_keys, now, owner_ok)
         if end == len(job.entries):
             self._absorbing.popleft()
