@@ -18,7 +18,7 @@ from pathlib import Path
 root = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(root / "agent" / "src"), str(root)]
 
-from tests.agent.fuzzing import datagrams, frames, target  # noqa: E402
+from tests.agent.fuzzing import datagrams, feed_frame, frames, target  # noqa: E402
 
 
 def main() -> int:
@@ -53,7 +53,7 @@ def main() -> int:
     started = time.perf_counter()
     for data in itertools.islice(frames(args.seed), args.frames):
         try:
-            node.handle_stream(data, now)
+            feed_frame(node, data, now)
         except Exception:
             exceptions += 1
             if exceptions <= 3:

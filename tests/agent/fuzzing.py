@@ -15,7 +15,7 @@ import msgpack
 
 from gossip_agent.core.config import local
 from gossip_agent.core.node import Node
-from gossip_agent.core.wire import PROTOCOL_VERSION, MessageType
+from gossip_agent.core.wire import PROTOCOL_VERSION, MessageType, SyncRequest
 
 NAMES = ["a", "b", "c", "net", "other"]
 INTS = [0, 1, 2, 255, 256, 65535, 65536, 2**31, 2**32, 2**53, 2**62, 2**63 - 1, 2**63, 2**64 - 1, -1, -(2**63)]
@@ -129,3 +129,23 @@ def target() -> Node:
         node.attach(network, 0.0)
         node.write(network, "ep", "mine", b"v", 0.0, 0)
     return node
+
+
+def feed_frame(node: Node, data: bytes, now: float) -> None:
+    """Deliver one frame every way a node takes frames: as a stream a peer opened (with a push
+    expected from every name, so pushes get past the solicitation check), and as the reply to a
+    sync this node opened in each network; then merge whatever was queued, slice by slice, which
+    is where a sync's entries are validated."""
+    for name in NAMES:
+        for network in ("net", "other"):
+            node._expect_push(name, network, now)
+    node.handle_stream(data, now)
+    for network in ("net", "other"):
+        request = SyncRequest(network, {})
+        sid = node._open_stream("sync", ("198.18.0.2", 7946), request, now, "b", network, "periodic")
+        node.on_stream_reply(sid, data, now)
+    while node.busy:
+        node.tick(now)
+    node.take_datagrams()
+    node.take_streams()
+    node.take_changes()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 
 from gossip_agent.core.membership import State
-from tests.agent.fuzzing import datagrams, frames, target
+from tests.agent.fuzzing import datagrams, feed_frame, frames, target
 
 SEED = 20261130
 
@@ -24,7 +24,7 @@ def test_generated_and_mutated_datagrams_and_frames_never_raise():
         node.take_streams()
         node.take_changes()
     for data in itertools.islice(frames(SEED), 3_000):
-        node.handle_stream(data, now)
+        feed_frame(node, data, now)
     dropped = sum(v for k, v in node.stats.items() if k.startswith("dropped_"))
     assert dropped > 10_000  # the inputs were mostly refused, and counted
     assert node.stats["dropped_probe_flood"] > 0
