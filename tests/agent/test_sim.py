@@ -20,11 +20,12 @@ def run(**kwargs):
 
 
 def assert_valid(result):
-    assert result["valid"], json.dumps({k: result[k] for k in ("networks", "leaks", "resurrections")}, default=str)
+    shown = {k: result[k] for k in ("networks", "scope_leaks", "resurrections")}
+    assert result["valid"], json.dumps(shown, default=str)
     for network in result["networks"].values():
         assert network["missing_count"] == 0
         assert network["unexpected_count"] == 0
-    assert result["leaks"] == 0
+    assert result["scope_leaks"] == 0
     assert result["resurrections"] == 0
 
 

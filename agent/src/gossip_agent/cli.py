@@ -247,6 +247,7 @@ def add_ctl_parser(sub: Any) -> None:
     churn.add_argument("--start", type=int, default=0, help="first key number")
     churn.add_argument("--batch", type=_positive_int, default=500, help="entries per API call")
     churn.add_argument("--delete", action="store_true", help="delete the keys instead of creating them")
+    churn.add_argument("--tag", default="", help="values are NETWORK/KEY#TAG (default NETWORK/KEY): an update")
     keys = verbs.add_parser("keys", help="keyring: list, install, use (make primary), remove")
     keys.add_argument("action", choices=("list", "install", "use", "remove", "generate"))
     keys.add_argument("key", nargs="?", help="base64 32-byte key")
@@ -280,7 +281,8 @@ def _churn(args: argparse.Namespace, call: Any) -> dict[str, Any]:
                 {"entries": [{"table": args.table, "key": k} for k in chunk]},
             )
         else:
-            items = [{"table": args.table, "key": k, "value": f"{args.network}/{k}"} for k in chunk]
+            tag = f"#{args.tag}" if args.tag else ""
+            items = [{"table": args.table, "key": k, "value": f"{args.network}/{k}{tag}"} for k in chunk]
             call("POST", f"/networks/{args.network}/entries", {"entries": items})
         done += len(chunk)
         if args.rate > 0 and done < len(keys):  # pace between batches; the last one ends the run
@@ -412,7 +414,7 @@ def summary(result: dict[str, Any]) -> str:
         f"copies received per event per node {traffic['copies_per_event_per_node']:.2f}; "
         f"{traffic['bytes_out_per_node'] / 1024:,.0f} KiB and {traffic['datagrams_out_per_node']:,.0f} datagrams "
         "sent per node",
-        f"scope leaks {result['leaks']}  resurrected {result['resurrections']}  "
+        f"scope leaks {result['scope_leaks']}  resurrected {result['resurrections']}  "
         f"membership converged {'yes' if result['membership_converged_at'] is not None else 'NO'}",
         f"virtual {result['virtual_time']:.2f} s in {result['wall_seconds']:.1f} s wall; trace {result['trace_hash']}",
     ]

@@ -33,9 +33,6 @@ class BroadcastQueue:
     def __len__(self) -> int:
         return len(self._by_key)
 
-    def queued_bytes(self) -> int:
-        return sum(len(item.payload) for item in self._by_key.values())
-
     def put(self, key: Hashable, payload: bytes) -> None:
         """Queue an event; one already queued under `key` is superseded and never sent again."""
         old = self._by_key.pop(key, None)

@@ -89,6 +89,7 @@ class NetworkTable:
         self._withdrawn: dict[str, int] = {}
         self.digest = 0
         self.count = 0  # stored versions that count in the digest (live entries and tombstones)
+        self.live = 0  # visible entries, kept as they change: readers poll it, and must not walk the table
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -108,6 +109,7 @@ class NetworkTable:
 
     def _unlink(self, key: EntryKey, entry: Entry) -> None:
         owner = entry.event.owner
+        self.live -= entry.visible
         if not entry.withdrawn:
             self._owner_hash[owner] ^= entry.hash
             self.digest ^= entry.hash
@@ -124,6 +126,7 @@ class NetworkTable:
 
     def _link(self, key: EntryKey, entry: Entry) -> None:
         owner = entry.event.owner
+        self.live += entry.visible
         self._by_owner.setdefault(owner, {})[key] = entry
         if not entry.withdrawn:
             self._owner_hash[owner] = self._owner_hash.get(owner, 0) ^ entry.hash

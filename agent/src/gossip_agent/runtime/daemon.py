@@ -23,7 +23,7 @@ from ..core.table import Change
 from .config import AgentConfig
 from .crypto import Keyring
 from .store import Journal
-from .transport import Fault, Transport
+from .transport import LinkFault, Transport
 
 LAMPORT_LEASE = 10_000  # Lamport ticks leased per durable journal write
 log = logging.getLogger("gossip_agent")
@@ -71,7 +71,6 @@ class Agent:
         self.journal.set_meta("incarnation", self._saved_incarnation)  # the next life starts above it
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stopping = asyncio.Event()
-        self.started_wall = time.time()
 
     # --- clocks ---------------------------------------------------------------------------------
 
@@ -181,7 +180,7 @@ class Agent:
         return len(events)
 
     def set_fault(self, peer: str, drop: float, delay: float) -> None:
-        self.transport.faults[peer] = Fault(drop, delay)
+        self.transport.faults[peer] = LinkFault(drop, delay)
 
     def clear_faults(self) -> None:
         self.transport.faults.clear()

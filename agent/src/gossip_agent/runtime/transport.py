@@ -26,7 +26,7 @@ FIRST_BYTES_WAIT = 2.0  # seconds an inbound stream may take to send its (sealed
 
 
 @dataclass(slots=True)
-class Fault:
+class LinkFault:
     drop: float = 0.0  # probability an outgoing datagram or stream to this peer is lost
     delay: float = 0.0  # seconds added before it leaves
 
@@ -51,7 +51,7 @@ class Transport(asyncio.DatagramProtocol):
         self.stream_timeout = stream_timeout
         self._inbound = asyncio.Semaphore(max_streams)
         self._outbound = asyncio.Semaphore(max_streams)
-        self.faults: dict[str, Fault] = {}
+        self.faults: dict[str, LinkFault] = {}
         self._rng = random.Random()
         self._udp: asyncio.DatagramTransport | None = None
         self._server: asyncio.Server | None = None

@@ -42,6 +42,7 @@ class CrashSpec:
     fraction: float  # of nodes, chosen by the seed (at least one)
     at: float
     restart_at: float | None = None
+    graceful: bool = False  # a restart (SIGTERM: the Leave goes out first), not a crash (kill -9)
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction <= 1:

@@ -493,11 +493,13 @@ class Simulator:
         for crash in self.options.crashes:
             count = max(1, int(len(self.names) * crash.fraction))
             victims = sorted(self.rng.sample(self.names, count))
+            stop = self._leave if crash.graceful else self._crash
             for victim in victims:
-                self.call_at(crash.at, lambda v=victim: self._crash(v))
+                self.call_at(crash.at, lambda v=victim, stop=stop: stop(v))
                 if crash.restart_at is not None:
                     self.call_at(crash.restart_at, lambda v=victim: self._start(v))
-            self._fault_log.append({"fault": "crash", "nodes": victims, "at": crash.at, "restart_at": crash.restart_at})
+            kind = "restart" if crash.graceful else "crash"
+            self._fault_log.append({"fault": kind, "nodes": victims, "at": crash.at, "restart_at": crash.restart_at})
             self.settle_at = max(self.settle_at, crash.restart_at or crash.at)
 
     def _unblock(self, blocker: Blocker) -> None:
@@ -635,7 +637,11 @@ class Simulator:
         missing: dict[str, list[str]] = {}
         unexpected: dict[str, list[str]] = {}
         for name in present:
-            miss, extra = compare(expected, self._table_view(self.nodes[name], network))
+            view = self._table_view(self.nodes[name], network)
+            miss, extra = compare(expected, view)
+            live = self.nodes[name].networks[network].table.live
+            if live != len(view):  # what the API reports as the table's size, kept incrementally
+                extra.append(f"(live count {live}, {len(view)} visible)")
             if miss:
                 missing[name] = miss
             if extra:
@@ -874,8 +880,10 @@ class Simulator:
             },
             "violation": violations[0].to_dict() if violations else None,
             "violations": [v.to_dict() for v in violations],
-            "leaks": leaks,
-            "drops": drops,
+            # One vocabulary with the lab: a leak is an entry held where its network is not; an
+            # out-of-scope receipt is one that arrived there and was dropped (the guard working).
+            "scope_leaks": leaks,
+            "out_of_scope_received": drops,
             "resurrections": len(resurrections),
             "resurrection_sample": [v.to_dict() for v in resurrections[:5]],
             "traffic": {
