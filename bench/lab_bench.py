@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lab.ansible import LabSpec, playbook
+from lab.playbook import LabSpec, playbook
 
 PREFIX, SUBNET = "sgb", "198.18.200.0/24"
 

@@ -14,6 +14,12 @@ from typing import Any
 from gossip_agent.sim.checker import percentile as sim_percentile
 
 from .fleet import Fleet, FleetError
+from .history import Truth, Version
+
+EXAMPLES = 5  # keys shown per host and kind of failure
+EVIDENCE_TIMEOUT = 10  # seconds a host may take to answer once a run has stopped
+# Seconds one poll may wait for a host: a stopped agent must not hold a 5 s wait for a minute.
+POLL_TIMEOUT = 5
 
 
 class WaitTimeout(AssertionError):
@@ -59,20 +65,28 @@ class Checker:
         self.fleet = fleet
         self.members = members  # network -> hosts attached to it
         self._out_of_scope_before: dict[str, float] = {}
+        self._suspected_before: dict[str, float] = {}
+        # Host clock minus the harness's, seconds (Fleet.clock_offsets): a delivery's latency is
+        # read from two hosts' clocks, the writer's and the reader's, and corrected by both.
+        self.offsets: dict[str, float] = {}
         self.latency_by_key: list[tuple[str, float]] = []  # of the last verdict: (key, seconds)
 
     def _out_of_scope(self, stats: dict[str, Any]) -> dict[str, float]:
         """Per host, dropped messages of this experiment's networks (not of earlier runs' ones)."""
         return {h: sum(s.get("out_of_scope_by_network", {}).get(n, 0) for n in self.members) for h, s in stats.items()}
 
+    @staticmethod
+    def _suspected(stats: dict[str, Any]) -> dict[str, float]:
+        return {h: s["counters"].get("member_suspected", 0) for h, s in stats.items()}
+
     async def baseline(self) -> None:
-        """Counters are cumulative per agent: remember them, so only this run's drops count."""
-        self._out_of_scope_before = self._out_of_scope(
-            await self.fleet.each(lambda name: self.fleet.api(name, "GET", "/stats"))
-        )
+        """Counters are cumulative per agent: remember them, so only this run's count."""
+        stats = await self.fleet.each(lambda name: self.fleet.api(name, "GET", "/stats"))
+        self._out_of_scope_before = self._out_of_scope(stats)
+        self._suspected_before = self._suspected(stats)
 
     async def membership_converged(self) -> bool:
-        views = await self.fleet.each(lambda name: self.fleet.api(name, "GET", "/members"))
+        views = await self.fleet.each(lambda name: self.fleet.api(name, "GET", "/members", within=POLL_TIMEOUT))
         everyone = set(self.fleet.hosts)
         return all({m["name"] for m in view if m["state"] == "alive"} == everyone for view in views.values())
 
@@ -80,18 +94,20 @@ class Checker:
         """member host -> network -> (visible entries, table digest), one cheap API call per host."""
 
         async def of(name: str) -> dict[str, tuple[int, str]]:
-            return {n["network"]: (n["entries"], n["digest"]) for n in await self.fleet.api(name, "GET", "/networks")}
+            nets = await self.fleet.api(name, "GET", "/networks", within=POLL_TIMEOUT)
+            return {n["network"]: (n["entries"], n["digest"]) for n in nets}
 
         # Only members are asked: a host outside (paused, say) must not hold up the answer.
         return await self.fleet.each(of, sorted(set().union(*self.members.values())))
 
-    async def converged(self, expected: dict[str, set[str]]) -> bool:
-        """Every member holds as many entries as the truth and the same table (equal digests,
-        which also covers tombstones); the final verdict compares the keys themselves."""
+    async def converged(self, truth: Truth) -> bool:
+        """Every member holds as many entries as the truth allows and the same table (equal
+        digests, which also covers tombstones); the verdict compares keys, owners and values."""
         tables = await self.tables()
         for net, hosts in self.members.items():
             held = {tables[host].get(net, (-1, "")) for host in hosts}
-            if len(held) != 1 or next(iter(held))[0] != len(expected.get(net, ())):
+            low, high = truth.count_range(net)
+            if len(held) != 1 or not low <= next(iter(held))[0] <= high:
                 return False
         return True
 
@@ -105,32 +121,56 @@ class Checker:
             result[net] = have / want if want else 1.0
         return result
 
-    async def verdict(
-        self, expected: dict[str, set[str]], deleted: dict[str, set[str]] | None = None, left: set[str] = frozenset()
-    ) -> dict[str, Any]:
-        """Full table comparison on every member, scope check on every non-member. An unexpected
-        key that was deleted is also counted as resurrected. Hosts in `left` detached from a
-        network during the run: the rumours still in flight to them are dropped there, which is
-        the scope guard working, so their drops are reported apart and do not fail the verdict."""
-        missing: dict[str, dict[str, int]] = {}
-        unexpected: dict[str, dict[str, int]] = {}
-        resurrected: dict[str, dict[str, int]] = {}
+    async def _judge(
+        self, truth: Truth, fetch: Callable[[str, str], Awaitable[Any]]
+    ) -> tuple[dict[str, Any], dict[str, Any], list[tuple[str, float]]]:
+        """Every member's dump against the truth: per kind of failure, network -> host -> count;
+        example keys (network -> host -> kind -> keys); and (key, latency) of every delivery.
+        `fetch` returns None for a host that did not answer, which is skipped."""
+        found: dict[str, dict[str, dict[str, int]]] = {k: {} for k in ("missing", "unexpected", "wrong", "resurrected")}
+        examples: dict[str, dict[str, dict[str, list[str]]]] = {}
         by_key: list[tuple[str, float]] = []
         for network, hosts in self.members.items():
-            path = f"/networks/{network}/entries"
-            dumps = await self.fleet.each(lambda name, p=path: self.fleet.api(name, "GET", p), hosts)
-            want = expected.get(network, set())
+            dumps = await self.fleet.each(lambda h, p=f"/networks/{network}/entries": fetch(h, p), hosts)
             for host, dump in dumps.items():
-                keys = {e["key"] for e in dump["entries"]}
-                if want - keys:
-                    missing.setdefault(network, {})[host] = len(want - keys)
-                if keys - want:
-                    unexpected.setdefault(network, {})[host] = len(keys - want)
-                back = keys & (deleted or {}).get(network, set())
-                if back:
-                    resurrected.setdefault(network, {})[host] = len(back)
-                by_key += [(e["key"], (e["seen_wall_ms"] - e["origin_wall_ms"]) / 1000) for e in dump["entries"]
-                              if e["owner"] != host]  # fmt: skip
+                if dump is None:
+                    continue
+                held = {e["key"]: Version(e["owner"], e["value"]) for e in dump["entries"]}
+                for kind, keys in truth.judge(network, held).items():
+                    if keys:
+                        found[kind].setdefault(network, {})[host] = len(keys)
+                        examples.setdefault(network, {}).setdefault(host, {})[kind] = keys[:EXAMPLES]
+                skew = self.offsets.get(host, 0.0)
+                by_key += [(e["key"], (e["seen_wall_ms"] - e["origin_wall_ms"]) / 1000
+                            - skew + self.offsets.get(e["owner"], 0.0))
+                           for e in dump["entries"] if e["owner"] != host]  # fmt: skip
+        return found, examples, by_key
+
+    async def evidence(self, truth: Truth) -> dict[str, Any]:
+        """The verdict of a run that stopped early, from every host that still answers: per
+        network and host what is missing, extra or wrong; `unreachable` names the others."""
+        unreachable: dict[str, str] = {}
+
+        async def dump(host: str, path: str) -> Any:
+            try:
+                return await self.fleet.api(host, "GET", path, within=EVIDENCE_TIMEOUT)
+            except FleetError as exc:
+                unreachable[host] = str(exc)
+                return None
+
+        found, examples, _ = await self._judge(truth, dump)
+        stats = {h: s for h, s in (await self.fleet.each(lambda h: dump(h, "/stats"))).items() if s is not None}
+        return {"valid": False, **found, "examples": examples, "unreachable": unreachable,
+                "scope_leaks": {}, "out_of_scope_received": {}, "dropped_after_leaving": {},
+                "bytes_out": {h: s["counters"].get("bytes_out", 0) for h, s in stats.items()},
+                "suspicions": since(self._suspected_before, self._suspected(stats))}  # fmt: skip
+
+    async def verdict(self, truth: Truth, left: set[str] = frozenset()) -> dict[str, Any]:
+        """Every member's table against the truth, key by key with owner and value; scope on
+        every host. Hosts in `left` detached from a network during the run: the rumours still in
+        flight to them are dropped there, which is the scope guard working, so their drops are
+        reported apart and do not fail the verdict."""
+        found, examples, by_key = await self._judge(truth, lambda host, path: self.fleet.api(host, "GET", path))
         self.latency_by_key = by_key
         networks_of = await self.fleet.each(lambda name: self.fleet.api(name, "GET", "/networks"))
         # Only this experiment's networks count: hosts may be in others (e.g. the inventory's own).
@@ -142,13 +182,15 @@ class Checker:
         out_of_scope = since(self._out_of_scope_before, self._out_of_scope(stats))
         after_leaving = {h: out_of_scope.pop(h) for h in left if out_of_scope.get(h)}
         return {
-            "valid": not missing and not unexpected and not leaks and not any(out_of_scope.values()),
-            "missing": missing,
-            "unexpected": unexpected,
-            "resurrected": resurrected,
+            "valid": not any(found.values()) and not leaks and not any(out_of_scope.values()),
+            **found,
+            "examples": examples,
             "scope_leaks": leaks,
             "out_of_scope_received": {h: v for h, v in out_of_scope.items() if v},
             "dropped_after_leaving": after_leaving,
             "latency_s": latency_summary([seconds for _, seconds in by_key]),
             "bytes_out": {h: s["counters"].get("bytes_out", 0) for h, s in stats.items()},
+            # Members this host suspected during the run: a busy agent that cannot answer probes
+            # in time shows here first (moby#52661 at 50 hosts), long before anything is lost.
+            "suspicions": since(self._suspected_before, self._suspected(stats)),
         }

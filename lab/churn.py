@@ -1,47 +1,57 @@
 """Mass endpoint churn through `gossip-agent ctl churn` on the hosts (one SSH call per batch, not
-per entry, paced on the host itself), with the ground truth of what was written and deleted and
-every operation's outcome."""
+per entry, paced on the host itself), recorded in a history and a model of what must hold."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
 
 from .fleet import CTL, Fleet, FleetError
+from .history import History, Outcome, Truth, Version
 
 
 class Churn:
-    def __init__(self, fleet: Fleet) -> None:
+    def __init__(self, fleet: Fleet, history: History | None = None) -> None:
         self.fleet = fleet
-        self.truth: dict[str, set[str]] = {}  # network -> keys that must exist
-        self.deleted: dict[str, set[str]] = {}  # network -> keys that must never come back
-        self.history: list[dict[str, Any]] = []
+        self.history = history or History()
+        self.truth = Truth()
         self.last_write = 0.0  # monotonic time the last batch finished
 
-    async def create(self, host: str, network: str, count: int, prefix: str, rate: float = 0.0) -> None:
-        keys = {f"{prefix}{i}" for i in range(count)}
-        await self._run(host, network, count, prefix, rate, delete=False)
-        self.truth.setdefault(network, set()).update(keys)
-        self.deleted.get(network, set()).difference_update(keys)
+    async def create(
+        self, host: str, network: str, count: int, prefix: str, rate: float = 0.0, tag: str = ""
+    ) -> Outcome:
+        """Write PREFIX0..PREFIX<count-1> from `host`, each valued `<network>/<key>[#tag]`: a new
+        tag makes the batch an update whose values the checker tells from the old ones."""
+        versions = {f"{prefix}{i}": Version(host, f"{network}/{prefix}{i}" + (f"#{tag}" if tag else ""))
+                    for i in range(count)}  # fmt: skip
+        options = f" --tag {tag}" if tag else ""
+        return await self._run(host, network, count, prefix, rate, "create", options,
+                               lambda outcome: self.truth.wrote(network, versions, outcome))  # fmt: skip
 
-    async def delete(self, host: str, network: str, count: int, prefix: str, rate: float = 0.0) -> None:
+    async def delete(self, host: str, network: str, count: int, prefix: str, rate: float = 0.0) -> Outcome:
         """Delete PREFIX0..PREFIX<count-1>, which `host` must have created (only owners delete)."""
         keys = {f"{prefix}{i}" for i in range(count)}
-        await self._run(host, network, count, prefix, rate, delete=True)
-        self.truth.get(network, set()).difference_update(keys)
-        self.deleted.setdefault(network, set()).update(keys)
+        return await self._run(host, network, count, prefix, rate, "delete", " --delete",
+                               lambda outcome: self.truth.removed(network, keys, outcome))  # fmt: skip
 
-    async def _run(self, host: str, network: str, count: int, prefix: str, rate: float, delete: bool) -> None:
-        command = f"{CTL} churn {network} --count {count} --prefix {prefix} --rate {rate}"
-        started = time.time()
+    async def _run(
+        self, host: str, network: str, count: int, prefix: str, rate: float, f: str, options: str,
+        settle: Callable[[Outcome], None],
+    ) -> Outcome:  # fmt: skip
+        """One batch; its outcome is `ok` only when the command says so. A lost channel, a timeout,
+        a failed batch or a run cancelled meanwhile may have written part of it: `info`, which
+        the truth records before a cancellation goes on."""
+        invoked = self.history.invoke(f, host, network=network, count=count, prefix=prefix)
+        command = f"{CTL} churn {network} --count {count} --prefix {prefix} --rate {rate}{options}"
+        outcome: Outcome = "info"
+        detail = {"error": "cancelled"}
         try:
-            await self.fleet.run(host, command + (" --delete" if delete else ""))
-            outcome = "ok"
+            await self.fleet.run(host, command)
+            outcome, detail = "ok", {}
         except FleetError as exc:
-            outcome = f"unknown: {exc}"  # some may have been written; the run cannot be judged
-        self.last_write = time.monotonic()
-        self.history.append({"op": "delete" if delete else "create", "host": host, "network": network,
-                             "count": count, "prefix": prefix, "start": started, "end": time.time(),
-                             "outcome": outcome})  # fmt: skip
-        if outcome != "ok":
-            raise FleetError(outcome)
+            detail = {"error": str(exc)}
+        finally:
+            self.last_write = time.monotonic()
+            self.history.complete(invoked, outcome, **detail)
+            settle(outcome)
+        return outcome

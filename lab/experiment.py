@@ -16,6 +16,7 @@ import random
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -26,16 +27,22 @@ from gossip_agent.sim.options import CrashSpec, PartitionSpec, WorkloadSpec
 from gossip_agent.sim.partitions import Partition
 
 from . import report
-from .ansible import ROOT
-from .checker import Checker, WaitTimeout, latency_summary, percentile, since, wait_for
+from .checker import EVIDENCE_TIMEOUT, Checker, WaitTimeout, latency_summary, percentile, since, wait_for
 from .churn import Churn
 from .fleet import Fleet, FleetError
+from .history import History, Truth
 from .inventory import InventoryError, load
-from .nemesis import Nemesis
+from .nemesis import Nemesis, NemesisError
+from .playbook import ROOT
 from .spec import Fault, Phase, Spec, SpecError
 from .spec import load as load_spec
 
 Say = Callable[[str], None]
+LOG_LINES = 300
+AGENT_LOG = (
+    "if [ -d /run/systemd/system ]; then journalctl -u gossip-agent -n {lines} --no-pager; "
+    "else tail -n {lines} /var/log/gossip-agent/agent.log; fi 2>&1"
+)
 
 
 def say(text: str) -> None:
@@ -59,7 +66,8 @@ class LabRun:
         self.members = spec.members(self.names)
         self.nemesis = Nemesis(fleet, self.rng.getrandbits(32))
         self.checker = Checker(fleet, self.members)
-        self.churn = Churn(fleet)
+        self.history = History()  # churn batches and faults, one history as Jepsen keeps it
+        self.churn = Churn(fleet, self.history)
         self.created: dict[str, list[tuple[str, str, int]]] = {}  # network -> (writer, prefix, count) of phase 1
         self.samples: list[dict[str, Any]] = []
         self.latencies: list[float] = []  # per entry and member, each measured at its phase's end
@@ -69,6 +77,10 @@ class LabRun:
         self.verdict: dict[str, Any] = {}  # of the last phase that converged
         self.planned: dict[str, int] = {}  # network -> entries it holds once this phase's churn is in
         self.writing: set[str] = set()  # hosts writing in the current phase
+        self.phases: list[dict[str, Any]] = []  # records of the phases that converged
+        self.step = "preparing the networks"  # what the run is doing: a stopped run says where
+        self.clocks: dict[str, tuple[float, float]] = {}  # host -> (clock offset, its error), seconds
+        self.started_wall = 0.0
 
     async def prepare(self) -> None:
         """Networks of this spec only: leave them everywhere first (a previous run's), then attach."""
@@ -80,9 +92,13 @@ class LabRun:
         for network, hosts in self.members.items():
             await self.fleet.each(lambda h, n=network: self.fleet.api(h, "POST", "/networks", {"network": n}), hosts)
         await wait_for(self.checker.membership_converged, 60, "every host to see every host alive")
-        await wait_for(lambda: self.checker.converged({}), 60, "empty networks on every member")
+        await wait_for(lambda: self.checker.converged(Truth()), 60, "empty networks on every member")
         await self.checker.baseline()
         self.stats_before = await self.fleet.each(lambda h: self.fleet.api(h, "GET", "/stats"))
+        self.clocks = await self.fleet.clock_offsets()
+        # Applied where the offset exceeds its error; below that it is the round trip's noise (the
+        # local lab's hosts share one clock and read +-10 ms here), which would only blur latencies.
+        self.checker.offsets = {h: offset for h, (offset, error) in self.clocks.items() if abs(offset) > error}
         for network, hosts in self.members.items():
             self.log(f"network {network}: {len(hosts)} hosts ({hosts[0]}..{hosts[-1]})")
 
@@ -163,10 +179,11 @@ class LabRun:
                 if count:
                     tasks.append(self.churn.delete(writer, network, min(count, made), prefix, churn.rate))
                     removed += min(count, made)
-            self.planned[network] = len(self.churn.truth.get(network, ())) + creates - removed
+            self.planned[network] = len(self.churn.truth.keys(network)) + creates - removed
         return tasks
 
     async def phase(self, index: int, phase: Phase) -> dict[str, Any]:
+        self.step = f"phase {phase.name}: churn and fault"
         record: dict[str, Any] = {"name": phase.name}
         fault = phase.fault
         # The cut is drawn once: writers are spread over its sides, then it is applied.
@@ -174,17 +191,28 @@ class LabRun:
         groups = cut.groups if cut else None
         begun = time.monotonic()
         churn = asyncio.gather(*self._churn_tasks(index, phase, groups))
-        heal, healed_at = None, None
-        if fault is not None:
-            await asyncio.sleep(fault.at)
-            heal, detail = await self._inject(fault, cut)
-            injected = time.monotonic()
-            record["fault"] = {"kind": fault.kind, **detail}
-            self.log(
-                f"{phase.name}: {fault.kind} {fault.value} "
-                + (f"{detail.get('groups', '')}" if groups else f"{detail.get('hosts', '')}")
-            )
-        await churn
+        heal, healed_at, injected = None, None, 0.0
+        try:
+            if fault is not None:
+                await asyncio.sleep(fault.at)
+                invoked = self.history.invoke(fault.kind, "nemesis", value=str(fault.value))
+                try:
+                    heal, detail = await self._inject(fault, cut)
+                except FleetError as exc:  # some hosts may have it: the run cannot be judged further
+                    self.history.complete(invoked, "info", error=str(exc))
+                    raise
+                self.history.complete(invoked, "ok", **detail)
+                injected = time.monotonic()
+                record["fault"] = {"kind": fault.kind, **detail}
+                self.log(
+                    f"{phase.name}: {fault.kind} {fault.value} "
+                    + (f"{detail.get('groups', '')}" if groups else f"{detail.get('hosts', '')}")
+                )
+            await churn
+        finally:
+            if not churn.done():  # stopped early: each batch records its outcome (info) first
+                churn.cancel()
+                await asyncio.gather(churn, return_exceptions=True)
         churn_done = time.monotonic()
         if phase.churn:
             record["churn_s"] = round(churn_done - begun, 3)
@@ -192,12 +220,15 @@ class LabRun:
         if fault is not None:
             if heal is not None:
                 await asyncio.sleep(max(0.0, fault.hold - (time.monotonic() - injected)))
+                invoked = self.history.invoke("heal", "nemesis")
                 await heal()
+                self.history.complete(invoked, "ok")
                 healed_at = time.monotonic()
                 self.log(f"{phase.name}: healed after {healed_at - injected:.1f} s")
             self.windows.append({"label": f"{phase.name}: {fault.kind}", "start": injected - self.started,
                                  "end": (healed_at or time.monotonic()) - self.started})  # fmt: skip
         truth = self.churn.truth
+        self.step = f"phase {phase.name}: waiting {phase.within:g} s for convergence"
         await wait_for(
             lambda: self.checker.converged(truth), phase.within, f"{phase.name}: every network to converge", 0.05
         )
@@ -206,10 +237,11 @@ class LabRun:
             record["after_last_write_s"] = round(converged - self.churn.last_write, 3)
         if healed_at is not None:
             record["after_heal_s"] = round(converged - healed_at, 3)
+        self.step = f"phase {phase.name}: waiting {phase.within:g} s for membership"
         await wait_for(self.checker.membership_converged, phase.within, f"{phase.name}: membership to converge")
         # Each phase's delivery latency, judged at its end: a later heal re-delivers withdrawn
         # entries and would stamp them anew. Its keys carry the phase: p<N>-<writer>-<i>.
-        self.verdict = await self.checker.verdict(self.churn.truth, self.churn.deleted)
+        self.verdict = await self.checker.verdict(self.churn.truth)
         record["valid"] = self.verdict["valid"]
         mine = [s for key, s in self.checker.latency_by_key if key.startswith(f"p{index + 1}-")]
         self.latencies += mine
@@ -221,32 +253,66 @@ class LabRun:
         return record
 
     async def run(self) -> dict[str, Any]:
-        await self.prepare()
-        self.started = time.monotonic()
+        """Every phase in order; a run that times out, loses a host or is interrupted stops where
+        it is and still returns its result, with the evidence of where and why (`stopped`)."""
         done = asyncio.Event()
-        sampler = asyncio.create_task(self._sample(done))
+        sampler: asyncio.Task[None] | None = None
+        stopped: dict[str, Any] | None = None
         try:
-            phases = [await self.phase(i, p) for i, p in enumerate(self.spec.phases)]
+            await self.prepare()
+            self.started, self.started_wall = time.monotonic(), time.time()
+            sampler = asyncio.create_task(self._sample(done))
+            for i, p in enumerate(self.spec.phases):
+                self.phases.append(await self.phase(i, p))
+                if not self.phases[-1]["valid"]:  # later phases would be judged on a broken table
+                    stopped = {"step": f"phase {p.name}: its verdict", "why": "safety checks failed", "judged": True}
+                    break
+        except (WaitTimeout, FleetError) as exc:
+            stopped = {"step": self.step, "why": str(exc)}
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            stopped = {"step": self.step, "why": "interrupted"}
+        except Exception as exc:  # a bug of the harness: still a report, with the traceback
+            stopped = {"step": self.step, "why": f"harness error {type(exc).__name__}: {exc}",
+                       "traceback": traceback.format_exc()}  # fmt: skip
         finally:
             done.set()
-            await sampler
-        spent = _spent(self.stats_before, await self.fleet.each(lambda h: self.fleet.api(h, "GET", "/stats")))
+            if sampler is not None:
+                await sampler
+        self.log(f"stopped while {stopped['step']}: {stopped['why']}" if stopped else "all phases done")
+        return await self.result(stopped)
+
+    async def result(self, stopped: dict[str, Any] | None) -> dict[str, Any]:
+        """What the run found. When it stopped early, the verdict is the evidence at that moment:
+        per network and host what was missing, extra or wrong, from every host that answered."""
+        try:
+            after = await self.fleet.each(lambda h: self.fleet.api(h, "GET", "/stats", within=EVIDENCE_TIMEOUT))
+            spent = _spent(self.stats_before, after)
+        except FleetError:
+            spent = {}
+        if stopped is not None and not stopped.get("judged"):
+            self.verdict = await self.checker.evidence(self.churn.truth)
         verdict = self.verdict  # the last phase's, taken when everything had converged
         verdict["latency_s"] = latency_summary(self.latencies)
         return {
             "mode": "lab",
-            "valid": verdict["valid"] and all(p["valid"] for p in phases),
+            "valid": stopped is None and verdict["valid"] and all(p["valid"] for p in self.phases),
+            "stopped": stopped,
+            "started_wall": self.started_wall,
             "hosts": self.names,
             "networks": self.members,
-            "endpoints": sum(map(len, self.churn.truth.values())),
-            "phases": phases,
+            "endpoints": sum(len(self.churn.truth.keys(n)) for n in self.members),
+            "phases": self.phases,
             "verdict": verdict,
             "latencies": self.latencies,
             "samples": self.samples,
             "fault_windows": self.windows,
             "copies_per_event": _copies(spent, self.churn, self.members),
             "cpu_seconds": {h: round(s["cpu_seconds"], 3) for h, s in spent.items()},
-            "history": self.churn.history,
+            "harness_cost": _harness_cost(spent),
+            "truth": self.churn.truth.to_dict(),
+            "clock_offsets_s": {h: {"offset": round(o, 6), "error": round(e, 6)} for h, (o, e) in self.clocks.items()},
+            "history": self.history.ops,
+            "outcomes": self.history.counts(),
             "faults": self.nemesis.log,
         }
 
@@ -256,17 +322,35 @@ def _spent(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str,
     result = {}
     for host, now in after.items():
         was = before.get(host, {})
-        figures = {"cpu_seconds": now["cpu_seconds"], **now["counters"]}
-        result[host] = since({"cpu_seconds": was.get("cpu_seconds", 0.0), **was.get("counters", {})}, figures)
+        figures = {"cpu_seconds": now["cpu_seconds"], **_api(now), **now["counters"]}
+        baseline = {"cpu_seconds": was.get("cpu_seconds", 0.0), **_api(was), **was.get("counters", {})}
+        result[host] = since(baseline, figures)
     return result
+
+
+def _api(stats: dict[str, Any]) -> dict[str, float]:
+    """What answering the harness cost an agent (an agent older than this figure reports 0)."""
+    api = stats.get("api", {})
+    return {"api_requests": api.get("requests", 0), "api_cpu_seconds": api.get("cpu_seconds", 0.0)}
+
+
+def _harness_cost(spent: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The measurement's own load on the agents: API requests and the CPU-seconds they took,
+    in all and as a share of the agents' CPU over the run."""
+    requests = sum(s.get("api_requests", 0) for s in spent.values())
+    api_cpu = sum(s.get("api_cpu_seconds", 0.0) for s in spent.values())
+    cpu = sum(s.get("cpu_seconds", 0.0) for s in spent.values())
+    return {"api_requests": requests, "api_cpu_seconds": round(api_cpu, 3),
+            "share_of_agent_cpu": round(api_cpu / cpu, 4) if cpu else 0.0}  # fmt: skip
 
 
 def _copies(spent: dict[str, Any], churn: Churn, members: dict[str, list[str]]) -> dict[str, float] | None:
     """Event copies received per (member, event) needed, by gossip and by sync: 1.0 in all would
     be perfect; gossip's redundancy and the syncs that repair partitions cost more."""
     events = {n: 0 for n in members}
-    for op in churn.history:
-        events[op["network"]] += op["count"]
+    for op in churn.history.ops:
+        if op["type"] == "invoke" and op.get("network") in events:
+            events[op["network"]] += op["count"]
     needed = sum(count * (len(members[n]) - 1) for n, count in events.items())
     if not needed:
         return None
@@ -274,16 +358,40 @@ def _copies(spent: dict[str, Any], churn: Churn, members: dict[str, list[str]]) 
     return {k: round(sum(s.get(c, 0) for s in spent.values()) / needed, 3) for k, c in counted.items()}
 
 
-async def run_lab(spec: Spec, inventory: str, seed: int, log: Say = say) -> dict[str, Any]:
+async def run_lab(spec: Spec, inventory: str, seed: int, results_dir: Path, log: Say = say) -> dict[str, Any]:
+    """Run `spec` on the inventory's hosts and publish its report under `results_dir`, also when
+    it stops early (a timeout, a host lost, Ctrl-C): then with the agents' logs beside it."""
     hosts = load(inventory)
     log(f"{spec.name}: seed {seed}; {len(hosts)} hosts from {inventory}")
     async with Fleet(hosts) as fleet:
         run = LabRun(spec, fleet, seed, log)
         await run.nemesis.heal_all()
         try:
-            return await run.run()
-        finally:
-            await run.nemesis.heal_all()  # also when a wait timed out or a host failed
+            result = await run.run()  # it stops where it is on a timeout, a lost host or Ctrl-C
+        except BaseException:  # a bug of the harness: heal all the same
+            await run.nemesis.heal_all()
+            raise
+        try:
+            await run.nemesis.heal_all()
+        except NemesisError as exc:  # the lab may still be faulty: the run cannot pass
+            result["valid"] = False
+            result["stopped"] = result["stopped"] or {"step": "healing every fault", "why": str(exc)}
+        logs = await collect_logs(fleet) if not result["valid"] else {}
+    page, rows = publish(result, spec, seed, results_dir, logs)
+    result["report"], result["summary"] = str(page), rows
+    return result
+
+
+async def collect_logs(fleet: Fleet, lines: int = LOG_LINES) -> dict[str, str]:
+    """The last lines of every agent's log (file or journal), for a run that failed."""
+
+    async def tail(host: str) -> str:
+        try:
+            return (await fleet.run(host, AGENT_LOG.format(lines=lines), check=False)).stdout
+        except FleetError as exc:
+            return f"(no log: {exc})"
+
+    return await fleet.each(tail)
 
 
 # === sim ========================================================================================
@@ -339,7 +447,9 @@ def sim_options(spec: Spec, hosts: int, seed: int) -> SimOptions:
                 length = max(length, end - start)
             else:
                 count = hosts if fault.value == "all" else int(fault.value)
-                crashes.append(CrashSpec(min(1.0, count / hosts), at, at + SUPERVISOR_RESTART))
+                # kill is a crash (kill -9), restart a graceful one (SIGTERM), in both worlds.
+                graceful = fault.kind == "restart"
+                crashes.append(CrashSpec(min(1.0, count / hosts), at, at + SUPERVISOR_RESTART, graceful))
                 length = max(length, fault.at + SUPERVISOR_RESTART)
         start += length + 5.0
     try:
@@ -370,8 +480,8 @@ def run_sim(spec: Spec, hosts: int, seed: int, log: Say = say) -> dict[str, Any]
             "missing": {n: r["missing_count"] for n, r in result["networks"].items() if r["missing_count"]},
             "unexpected": {n: r["unexpected_count"] for n, r in result["networks"].items() if r["unexpected_count"]},
             "resurrected": result["resurrections"],
-            "scope_leaks": {},
-            "out_of_scope_received": result["leaks"],
+            "scope_leaks": result["scope_leaks"],
+            "out_of_scope_received": result["out_of_scope_received"],
             "latency_s": result["latency"],
             "bytes_out": {"mean per node": traffic["bytes_out_per_node"]},
         },
@@ -414,16 +524,46 @@ def summary(result: dict[str, Any], spec: Spec) -> list[tuple[str, Any]]:
     cpu = [v for v in result.get("cpu_seconds", {}).values() if v is not None]
     if cpu:
         rows.append(("agent CPU-seconds (sum / max host)", f"{sum(cpu):.1f} / {max(cpu):.1f}"))
-    rows.append(
-        (
-            "missing / unexpected / resurrected",
-            f"{_total(verdict['missing'])} / {_total(verdict['unexpected'])} / {_total(verdict['resurrected'])}",
-        )
-    )
-    rows.append(("scope leaks", _total(verdict["scope_leaks"]) + _total(verdict["out_of_scope_received"])))
-    for target, bound in spec.targets.items():
-        rows.append((f"target {target} <= {bound:g}", _target(result, target, bound)))
+    cost = result.get("harness_cost")
+    if cost:
+        share = 100 * cost["share_of_agent_cpu"]
+        rows.append(("harness cost on the agents (API requests, CPU-s, share of agent CPU)",
+                     f"{cost['api_requests']:,}, {cost['api_cpu_seconds']:.1f}, {share:.1f} %"))  # fmt: skip
+    counts = " / ".join(str(_total(verdict.get(k, {}))) for k in ("missing", "unexpected", "wrong", "resurrected"))
+    rows.append(("missing / unexpected / wrong value or owner / resurrected", counts))
+    rows.append(("scope leaks (held outside the network)", _total(verdict["scope_leaks"])))
+    rows.append(("out-of-scope receipts (dropped at the scope guard)", _total(verdict["out_of_scope_received"])))
+    for t in result["targets"]:
+        figure = "not measured" if t["worst"] is None else f"{t['worst']:.2f}"
+        shown = f"{'met' if t['met'] else 'MISSED'} ({figure})" if t["met"] is not None else "not measured"
+        rows.append((f"target {t['target']} <= {t['bound']:g}", shown))
     return rows
+
+
+def judge_targets(result: dict[str, Any], spec: Spec) -> list[dict[str, Any]]:
+    """Each target of the spec against the worst figure of the run; `met` is None when this
+    mode does not measure it."""
+    judged = []
+    for target, bound in spec.targets.items():
+        worst = _worst(result, target)
+        # Unmeasured in the lab means the run never got there (or the spec asks for a figure its
+        # phases cannot give): not met. The simulator lacks some figures: not judged there.
+        met = (worst <= bound) if worst is not None else (False if result["mode"] == "lab" else None)
+        judged.append({"target": target, "bound": bound, "worst": worst, "met": met})
+    return judged
+
+
+def verdict_line(result: dict[str, Any]) -> str:
+    """PASS, or FAIL and why: stopped early, safety (lost, leaked, resurrected, wrong), targets."""
+    if result.get("stopped"):
+        return f"FAIL: stopped while {result['stopped']['step']}: {result['stopped']['why']}"
+    if not result["valid"]:
+        return "FAIL: safety: " + ", ".join(
+            k for k in ("missing", "unexpected", "wrong", "resurrected", "scope_leaks", "out_of_scope_received")
+            if result["verdict"].get(k)
+        )  # fmt: skip
+    missed = [t["target"] for t in result["targets"] if t["met"] is False]
+    return f"FAIL: targets missed: {', '.join(missed)}" if missed else "PASS"
 
 
 def _total(value: Any) -> int:
@@ -434,7 +574,7 @@ def _total(value: Any) -> int:
     return int(value or 0)
 
 
-def _target(result: dict[str, Any], target: str, bound: float) -> str:
+def _worst(result: dict[str, Any], target: str) -> float | None:
     if target == "latency_p99_s":
         values = [result["verdict"]["latency_s"].get("p99")]
     elif result["mode"] == "sim":  # one figure: after the last write or fault, whichever came last
@@ -442,10 +582,7 @@ def _target(result: dict[str, Any], target: str, bound: float) -> str:
     else:
         values = [p[target] for p in result["phases"] if p.get(target) is not None]
     values = [v for v in values if v is not None]
-    if not values:
-        return "not measured in this mode"
-    worst = max(values)
-    return f"{'met' if worst <= bound else 'MISSED'} ({worst:.2f})"
+    return max(values) if values else None
 
 
 def _commit() -> str:
@@ -453,13 +590,20 @@ def _commit() -> str:
     return done.stdout.strip() or "unknown"
 
 
-def publish(result: dict[str, Any], spec: Spec, seed: int, results_dir: Path) -> tuple[Path, list[tuple[str, Any]]]:
+def publish(
+    result: dict[str, Any], spec: Spec, seed: int, results_dir: Path, logs: dict[str, str] | None = None
+) -> tuple[Path, list[tuple[str, Any]]]:
+    """Judge the targets, take the verdict and write results/<run-id>/ (with the hosts' logs)."""
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + f"-{spec.name}-{result['mode']}-s{seed}"
     result.update({"run_id": run_id, "name": spec.name, "seed": seed, "commit": _commit(),
                    "spec": spec.description})  # fmt: skip
+    result["targets"] = judge_targets(result, spec)
+    result["targets_met"] = all(t["met"] is not False for t in result["targets"])
+    result["verdict_line"] = verdict_line(result)
+    result["passed"] = result["verdict_line"] == "PASS"
     latencies = result.pop("latencies")
     rows = summary(result, spec)
-    return report.write(results_dir / run_id, result, latencies, rows), rows
+    return report.write(results_dir / run_id, result, latencies, rows, logs or {}), rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -482,19 +626,25 @@ def main(argv: list[str] | None = None) -> int:
                 raise SpecError("--hosts must be at least 2")
             result = run_sim(spec, hosts, seed)
         else:
-            result = asyncio.run(run_lab(spec, args.inventory, seed))
+            result = asyncio.run(run_lab(spec, args.inventory, seed, Path(args.results_dir)))
     except (SpecError, InventoryError) as exc:
         hint = " (bring the local lab up first: make demo does)" if isinstance(exc, InventoryError) else ""
         print(f"experiment: error: {exc}{hint}", file=sys.stderr)
         return 2
-    except (FleetError, WaitTimeout) as exc:
+    except FleetError as exc:  # the hosts could not even be reached: nothing ran
         print(f"experiment: FAIL: {exc} (seed {seed})", file=sys.stderr)
         return 1
-    page, rows = publish(result, spec, seed, Path(args.results_dir))
+    except KeyboardInterrupt:  # the run stopped, collected its evidence and wrote its report
+        print(f"experiment: interrupted; its report is under {args.results_dir}/ (seed {seed})", file=sys.stderr)
+        return 130
+    if args.mode == "sim":
+        page, rows = publish(result, spec, seed, Path(args.results_dir))
+        result["report"], result["summary"] = str(page), rows
+    rows = result["summary"]
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
-    print(f"{'PASS' if result['valid'] else 'FAIL'}: report {page} (replay: --seed {seed})")
-    return 0 if result["valid"] else 1
+    print(f"{result['verdict_line']}: report {result['report']} (replay: --seed {seed})")
+    return 0 if result["passed"] else 1
 
 
 if __name__ == "__main__":

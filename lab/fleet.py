@@ -9,13 +9,14 @@ process. Churn still runs `gossip-agent ctl churn` (CTL) on the host, which pace
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncssh
+
+from gossip_agent.runtime.client import ApiFailure, ApiUnavailable, Exchange
 
 from .inventory import Host
 
@@ -82,7 +83,9 @@ class Fleet:
             done = await self._connections[host].run(command, timeout=COMMAND_TIMEOUT)
         except (asyncssh.Error, OSError) as exc:
             raise FleetError(f"{host}: {command!r}: {exc}") from None
-        result = Result(host, int(done.exit_status or 0), str(done.stdout or ""), str(done.stderr or ""))
+        if done.exit_status is None:  # the channel closed without one (a dropped link): unknown
+            raise FleetError(f"{host}: {command!r}: no exit status ({done.exit_signal or 'channel closed'})")
+        result = Result(host, done.exit_status, str(done.stdout or ""), str(done.stderr or ""))
         if check and result.rc != 0:
             raise FleetError(f"{host}: {command!r} exited {result.rc}: {result.stderr.strip()[-300:]}")
         return result
@@ -97,39 +100,34 @@ class Fleet:
 
     async def api(self, host: str, method: str, path: str, body: Any = None, within: float = API_TIMEOUT) -> Any:
         """One request to the agent's control API on `host`; returns the decoded JSON answer."""
-        payload = b"" if body is None else json.dumps(body).encode()
-        request = (f"{method} {path} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
-                   f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n").encode() + payload  # fmt: skip
+        exchange = Exchange(method, path, body)
         try:
             async with asyncio.timeout(within):
                 reader, writer = await self._connections[host].open_unix_connection(API_SOCKET, encoding=None)
                 try:
-                    writer.write(request)
+                    writer.write(exchange.request)
                     answer = await reader.read()  # the agent closes after one answer
                 finally:
                     writer.close()
-        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            return exchange.answer(answer)
+        except (asyncssh.Error, OSError, TimeoutError, ApiUnavailable) as exc:
             raise FleetError(f"{host}: {method} {path}: no answer from the agent: {exc}") from None
-        head, _, data = answer.partition(b"\r\n\r\n")
-        status_line = head.split(b"\r\n", 1)[0].split()
-        if len(status_line) < 2 or not status_line[1].isdigit():
-            raise FleetError(f"{host}: {method} {path}: malformed answer {answer[:80]!r}")
-        status = int(status_line[1])
-        try:
-            decoded = json.loads(data) if data else None
-        except ValueError:
-            raise FleetError(f"{host}: {method} {path}: non-JSON answer {data[:80]!r}") from None
-        if status >= 400:
-            message = decoded.get("error") if isinstance(decoded, dict) else decoded
-            raise FleetError(f"{host}: {method} {path}: HTTP {status}: {message}")
-        return decoded
+        except ApiFailure as exc:
+            raise FleetError(f"{host}: {method} {path}: HTTP {exc.status}: {exc}") from None
 
-    async def clock_offsets(self) -> dict[str, float]:
-        """Host clock minus ours, seconds, from the midpoint of a round trip (0 on the local lab)."""
+    async def clock_offsets(self, samples: int = 5) -> dict[str, tuple[float, float]]:
+        """Per host (offset, error), seconds: its clock minus ours, read at the midpoint of the
+        round trip with the smallest of `samples` (NTP's choice); the error is half that round
+        trip. About 0 on the local lab, whose hosts share this machine's clock."""
 
-        async def offset(name: str) -> float:
-            sent = time.time()
-            remote = float((await self.run(name, "date +%s.%N")).stdout)
-            return remote - (sent + time.time()) / 2
+        async def offset(name: str) -> tuple[float, float]:
+            best = (0.0, float("inf"))
+            for _ in range(samples):
+                sent = time.time()
+                remote = float((await self.run(name, "date +%s.%N")).stdout)
+                back = time.time()
+                if (back - sent) / 2 < best[1]:
+                    best = (remote - (sent + back) / 2, (back - sent) / 2)
+            return best
 
         return await self.each(offset)

@@ -21,6 +21,7 @@ class Host:
     user: str
     key: str | None
     port: int = 22
+    lab: str = "sgl"  # the lab's prefix (inventory variable lab_prefix): names what the harness creates there
 
 
 def _ansible_inventory() -> str:
@@ -45,5 +46,6 @@ def load(inventory: str | Path, group: str = "agents") -> list[Host]:
     for name in names:
         var = hostvars.get(name, {})
         hosts.append(Host(name, str(var.get("ansible_host", name)), str(var.get("ansible_user", "root")),
-                          var.get("ansible_ssh_private_key_file"), int(var.get("ansible_port", 22))))  # fmt: skip
+                          var.get("ansible_ssh_private_key_file"), int(var.get("ansible_port", 22)),
+                          str(var.get("lab_prefix", "sgl"))))  # fmt: skip
     return hosts

@@ -1,7 +1,12 @@
 """Faults applied on the hosts themselves, as on real machines: nftables partitions (Jepsen's
 shapes, symmetric or not) and loss, delay through the agent's fault hook (the kernel has no netem),
 kill -9, SIGSTOP/SIGCONT, restart and rolling restart. Every fault has its heal; `heal_all`
-removes every trace and is safe to call at any time (the harness calls it in `finally`)."""
+removes every trace, checks that it did, and is safe to call at any time (the harness calls it
+first, for what a killed harness left behind, and in `finally`).
+
+Network faults compose: the nemesis keeps the partition and the loss in force and programs each
+host's whole ruleset from both, in one table named after the lab (`<prefix>_nemesis`), replaced
+in one `nft -f` transaction so no packet ever meets a half-built ruleset."""
 
 from __future__ import annotations
 
@@ -15,7 +20,6 @@ from gossip_agent.sim.partitions import Partition, partition
 
 from .fleet import Fleet, FleetError
 
-TABLE = "inet sgl_nemesis"  # the project prefix: nothing else on a host is touched
 GOSSIP_PORT = 7946
 AGENT_PID = "$(cat /run/gossip-agent/agent.pid)"
 RESTART = (
@@ -24,14 +28,20 @@ RESTART = (
 )
 
 
-def ruleset(drop_to: list[str], drop_from: list[str], loss_percent: int = 0) -> str:
+class NemesisError(FleetError):
+    """A heal could not be confirmed on some hosts: the lab may still be faulty."""
+
+
+def ruleset(table: str, drop_to: list[str], drop_from: list[str], loss_percent: int = 0) -> str:
+    """The whole table, replacing what was there in the same transaction (nft applies a file
+    atomically; declaring the table first lets the delete succeed when it did not exist)."""
     # One statement per line: nft does not parse them joined on one line inside braces.
-    lines = [f"table {TABLE} {{"]
+    lines = [f"table {table}", f"delete table {table}", f"table {table} {{"]
     for hook, match, addresses in (("input", "saddr", drop_from), ("output", "daddr", drop_to)):
         lines += [f"  chain {hook} {{", f"    type filter hook {hook} priority 0; policy accept;"]
         if addresses:
             lines += [f"    ip {match} {{ {', '.join(addresses)} }} drop"]
-        if loss_percent:
+        if loss_percent and hook == "input":  # once per datagram: at both ends 10 % would be 19 %
             lines += [f"    udp dport {GOSSIP_PORT} numgen random mod 100 < {loss_percent} drop"]
         lines += ["  }"]
     lines += ["}"]
@@ -44,13 +54,26 @@ class Nemesis:
         self.rng = random.Random(seed)  # only random-halves draws from it
         self.log: list[dict[str, Any]] = []
         self.paused: set[str] = set()
+        # Named after the lab: two labs' harnesses never touch each other's rules.
+        self.table = f"inet {'_'.join(sorted({h.lab for h in fleet.hosts.values()}))}_nemesis"
+        self.cut: Partition | None = None  # network faults in force, programmed together
+        self.loss_percent = 0
 
     def _record(self, fault: str, **detail: Any) -> None:
         self.log.append({"fault": fault, "at": time.time(), **detail})
 
-    async def _apply(self, host: str, rules: str) -> None:
-        command = f"nft delete table {TABLE} 2>/dev/null; printf %s {shlex.quote(rules)} | nft -f -"
-        await self.fleet.run(host, command)
+    async def _program(self) -> None:
+        """Every host's ruleset from the partition and the loss in force, each in one transaction."""
+        address = {n: h.address for n, h in self.fleet.hosts.items()}
+        cut = self.cut
+
+        async def apply(name: str) -> None:
+            drop_to = [address[o] for o in address if o != name and cut and cut.blocked(name, o)]
+            drop_from = [address[o] for o in address if o != name and cut and cut.blocked(o, name)]
+            rules = ruleset(self.table, drop_to, drop_from, self.loss_percent)
+            await self.fleet.run(name, f"printf %s {shlex.quote(rules)} | nft -f -")
+
+        await self.fleet.each(apply)
 
     def shape(self, shape: str, symmetric: bool = True) -> Partition:
         names = sorted(self.fleet.hosts)
@@ -59,22 +82,18 @@ class Nemesis:
         return partition(shape, names, symmetric)
 
     async def partition(self, cut: Partition) -> None:
-        """Each host drops what `cut` blocks, at both ends: its own output and its own input."""
-        address = {n: h.address for n, h in self.fleet.hosts.items()}
-
-        async def apply(name: str) -> None:
-            drop_to = [address[o] for o in address if o != name and cut.blocked(name, o)]
-            drop_from = [address[o] for o in address if o != name and cut.blocked(o, name)]
-            await self._apply(name, ruleset(drop_to, drop_from))
-
-        await self.fleet.each(apply)
+        """Each host drops what `cut` blocks, at both ends: its own output and its own input.
+        Loss in force stays; a partition in force is replaced."""
+        self.cut = cut
+        await self._program()
         self._record("partition", shape=cut.shape, groups=cut.groups)
 
     async def loss(self, percent: int) -> None:
-        """Drop `percent` % of gossip datagrams arriving at and leaving every host (nftables numgen)."""
+        """Drop `percent` % of the gossip datagrams arriving at every host (nftables numgen)."""
         if not 0 < percent < 100:
             raise ValueError(f"loss must be between 1 and 99 percent, not {percent}")
-        await self.fleet.each(lambda name: self._apply(name, ruleset([], [], percent)))
+        self.loss_percent = percent  # a partition in force stays
+        await self._program()
         self._record("loss", percent=percent)
 
     async def delay(self, milliseconds: int, hosts: list[str] | None = None) -> None:
@@ -116,16 +135,43 @@ class Nemesis:
             await asyncio.sleep(gap)
 
     async def heal_all(self) -> None:
-        """No partition, loss, delay or pause is left on any host that answers."""
-        for host in sorted(self.paused):
-            await self.fleet.run(host, f"kill -CONT {AGENT_PID}", check=False)
+        """No partition, loss, delay or pause is left on any host: every agent is resumed (a killed
+        harness may have left some stopped), every nemesis table deleted and its absence checked,
+        every agent's fault hook cleared. Raises NemesisError naming the hosts where that could
+        not be confirmed, after doing all it could."""
+        self.cut, self.loss_percent = None, 0
         self.paused.clear()
-        await self.fleet.run_all(f"nft delete table {TABLE} 2>/dev/null || true", check=False)
-        await self.fleet.each(self._clear_faults)
-        self._record("heal")
+        # Gone only if nft itself answers without it: a failing nft must not read as healed.
+        table = self.table
+        clear = (f"kill -CONT {AGENT_PID} 2>/dev/null; nft delete table {table} 2>/dev/null; "
+                 f"tables=$(nft list tables) && ! printf '%s\\n' \"$tables\" | grep -qxF 'table {table}'")  # fmt: skip
+        results = await self.fleet.each(lambda host: self._try(self.fleet.run(host, clear, check=False)))
+        problems = {h: r if isinstance(r, str) else "nemesis table still there" for h, r in results.items()
+                    if isinstance(r, str) or r.rc != 0}  # fmt: skip
+        hooks = await self.fleet.each(self._clear_faults)
+        problems.update({h: problem for h, problem in hooks.items() if problem})
+        self._record("heal", problems=problems)
+        if problems:
+            raise NemesisError("heal not confirmed on " + "; ".join(f"{h}: {p}" for h, p in sorted(problems.items())))
 
-    async def _clear_faults(self, host: str) -> None:
+    @staticmethod
+    async def _try(action: Any) -> Any:
+        """The action's result, or its failure as a message."""
         try:
-            await self.fleet.api(host, "DELETE", "/faults", within=5)
-        except FleetError:
-            pass  # an agent restarting after a kill starts without faults; a stopped one has none
+            return await action
+        except FleetError as exc:
+            return str(exc)
+
+    async def _clear_faults(self, host: str, attempts: int = 3) -> str:
+        """Clear the agent's fault hook; "" when done, else why not. An agent restarting after a
+        kill answers within seconds (and starts without faults); one that never answers may
+        still be delaying or dropping."""
+        error = ""
+        for _ in range(attempts):
+            try:
+                await self.fleet.api(host, "DELETE", "/faults", within=5)
+                return ""
+            except FleetError as exc:
+                error = f"fault hook not cleared: {exc}"
+                await asyncio.sleep(1.0)
+        return error

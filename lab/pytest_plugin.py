@@ -20,11 +20,13 @@ from typing import Any
 
 import pytest
 
-from .ansible import ROOT, LabSpec, playbook
-from .experiment import publish, run_lab
+from . import scenario
+from .experiment import run_lab
+from .playbook import ROOT, LabSpec, playbook
 from .spec import Spec, parse
 
 SCENARIO_LAB = ("sgs", "198.18.129.0/24")  # prefix and subnet of the lab the scenarios build
+LAB_TESTS = pytest.StashKey[set[str]]()  # node ids of the tests marked `lab`
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -33,6 +35,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--lab-size", type=int, default=8, help="hosts of the local lab the scenarios build (8)")
     group.addoption("--seed", type=int, default=1, help="seed of every random choice in the scenarios (1)")
     group.addoption("--results-dir", default=str(ROOT / "results"), help="where reports go (results/)")
+    group.addoption(
+        "--require-lab",
+        action="store_true",
+        default=os.environ.get("CI", "").lower() == "true",
+        help="a lab that cannot be built fails the lab tests instead of skipping them (default when CI=true)",
+    )
 
 
 @pytest.hookimpl(tryfirst=True)  # before junitxml reads its path
@@ -45,6 +53,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", marker)
     if config.getoption("--lab-size") < 2:
         raise pytest.UsageError("--lab-size must be at least 2")
+    scenario.RESULTS_DIR = Path(config.getoption("--results-dir"))
     if getattr(config.option, "xmlpath", None) is None and hasattr(config.option, "xmlpath"):
         config.option.xmlpath = str(Path(config.getoption("--results-dir")) / "junit.xml")
 
@@ -82,22 +91,56 @@ def lab_inventory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
         yield given
         return
     if os.geteuid() != 0:
-        pytest.skip("the local lab needs root (or pass --inventory)")
+        no_lab(request.config, "the local lab needs root (or pass --inventory)")
     prefix, subnet = SCENARIO_LAB
     size = request.config.getoption("--lab-size")
     lab = LabSpec(prefix, subnet, size, tmp_path_factory.mktemp("scenario-lab") / "hosts.yml")
+    results = Path(request.config.getoption("--results-dir"))
     lab.prepare()
     try:
-        _playbook(lab, "site.yml")
+        _playbook(lab, "site.yml", results)
         yield str(lab.inventory)
     finally:
-        _playbook(lab, "lab-down.yml")
+        _playbook(lab, "lab-down.yml", results)
 
 
-def _playbook(lab: LabSpec, name: str) -> None:
+def no_lab(config: pytest.Config, reason: str) -> None:
+    """No lab can be had here: a skip, or with --require-lab (CI, `make nightly`) a failure, so a
+    run that checked nothing cannot pass."""
+    if config.getoption("--require-lab"):
+        pytest.fail(f"{reason}; --require-lab (CI=true) makes this a failure")
+    pytest.skip(reason)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    config.stash[LAB_TESTS] = {item.nodeid for item in items if item.get_closest_marker("lab")}
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """How many lab tests really ran: a green run of skipped scenarios must not look like a pass."""
+    lab_tests = config.stash.get(LAB_TESTS, set())
+    outcomes: dict[str, int] = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        for report in terminalreporter.stats.get(outcome, []):
+            if getattr(report, "nodeid", None) in lab_tests and (report.when == "call" or outcome != "passed"):
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    if outcomes:
+        ran = outcomes.get("passed", 0) + outcomes.get("failed", 0)
+        detail = ", ".join(f"{n} {k}" for k, n in sorted(outcomes.items()))
+        terminalreporter.write_line(f"lab tests: {ran} ran on hosts ({detail})")
+
+
+def _playbook(lab: LabSpec, name: str, results: Path) -> None:
+    """Run a playbook; on failure, its whole output goes to <results-dir>/<name>.log and the
+    failure shows the failed tasks' lines and the end of stderr."""
     result = playbook(lab, name)
     if result.returncode != 0:
-        pytest.fail(f"{name} failed:\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}")
+        results.mkdir(parents=True, exist_ok=True)
+        log = results / f"{Path(name).stem}.log"
+        log.write_text(result.stdout + "\n--- stderr ---\n" + result.stderr)
+        failed = [line for line in result.stdout.splitlines() if line.startswith(("fatal:", "failed:", "ERROR!"))]
+        pytest.fail(f"{name} failed (exit {result.returncode}; whole output in {log}):\n"
+                    + "\n".join(failed[:20]) + f"\n{result.stderr[-2000:]}")  # fmt: skip
 
 
 @pytest.fixture
@@ -109,10 +152,8 @@ def experiment(lab_inventory: str, seed: int, progress: Any, request: pytest.Fix
     def run(spec: dict[str, Any] | Spec) -> dict[str, Any]:
         if isinstance(spec, dict):
             spec = parse(spec, request.node.name)
-        result = asyncio.run(run_lab(spec, lab_inventory, seed, progress))
-        page, _ = publish(result, spec, seed, results_dir)
-        progress(f"{spec.name}: {'PASS' if result['valid'] else 'FAIL'}: {page}")
-        result["report"] = str(page)
+        result = asyncio.run(run_lab(spec, lab_inventory, seed, results_dir, progress))
+        progress(f"{spec.name}: {result['verdict_line']}: {result['report']}")
         return result
 
     return run

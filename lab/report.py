@@ -1,7 +1,9 @@
-"""results/<run-id>/: results.json, PNG plots and a one-page report (Markdown and HTML).
+"""results/<run-id>/: results.json, PNG plots, the hosts' logs of a failed run, and a one-page
+report (Markdown and HTML) that opens with the verdict and, when it failed, why.
 
-Plots: convergence over time per network with the fault window shaded; delivery-latency CDF;
-bytes sent per host.
+Plots: convergence over time per network with the fault windows shaded, and under it the
+timeline of every operation (Jepsen's timeline: one row per process, invoke to completion,
+coloured by outcome); delivery-latency CDF; bytes sent per host.
 """
 
 from __future__ import annotations
@@ -34,6 +36,68 @@ def _convergence_plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+OUTCOME_COLOURS = {"ok": "#2da44e", "fail": "#cf222e", "info": "#bf8700", None: "#8c959f"}
+
+
+def _timeline_plot(result: dict[str, Any], path: Path) -> None:
+    """Operations per process over time: what ran when, and how it ended (grey: never ended)."""
+    ops = result.get("history", [])
+    starts = {op["index"]: op for op in ops if op["type"] == "invoke"}
+    ends = {op["invoke"]: op for op in ops if op["type"] != "invoke"}
+    origin = result.get("started_wall") or min((op["time"] for op in ops), default=0.0)
+    processes = sorted({op["process"] for op in starts.values()})
+    fig, ax = plt.subplots(figsize=(8, max(2.0, 0.6 + 0.28 * len(processes))))
+    if not processes:
+        ax.text(0.5, 0.5, "no operations recorded in this mode", ha="center", va="center", transform=ax.transAxes)
+    last = max((op["time"] for op in ops), default=origin) - origin
+    for row, process in enumerate(processes):
+        for index, op in starts.items():
+            if op["process"] != process:
+                continue
+            end = ends.get(index)
+            left = op["time"] - origin
+            width = (end["time"] - origin if end else last) - left
+            ax.broken_barh([(left, max(width, 0.05))], (row - 0.4, 0.8),
+                           color=OUTCOME_COLOURS[end["type"] if end else None])  # fmt: skip
+    for window in result["fault_windows"]:
+        ax.axvspan(window["start"], window["end"], color="red", alpha=0.12)
+    ax.set_yticks(range(len(processes)), processes, fontsize=7)
+    ax.set_xlabel("seconds since the run started (green ok, red fail, amber unknown, grey unfinished)")
+    ax.set_title("Operations")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _why(result: dict[str, Any]) -> list[str]:
+    """The lines a reader needs first when the run failed: where it stopped, what was wrong where
+    (with example keys), which targets were missed."""
+    lines = []
+    if result.get("stopped"):
+        lines.append(f"Stopped while {result['stopped']['step']}: {result['stopped']['why']}")
+    verdict = result["verdict"]
+    for kind in ("missing", "unexpected", "wrong", "resurrected"):
+        found = verdict.get(kind) or {}
+        if not isinstance(found, dict):  # the simulator counts in all, not per network and host
+            lines.append(f"{found} {kind}")
+            continue
+        for network, hosts in found.items():
+            if not isinstance(hosts, dict):
+                lines.append(f"{network}: {hosts} {kind}")
+                continue
+            for host, count in sorted(hosts.items()):
+                keys = verdict.get("examples", {}).get(network, {}).get(host, {}).get(kind, [])
+                lines.append(f"{network} on {host}: {count} {kind} (e.g. {', '.join(keys)})")
+    for kind in ("scope_leaks", "out_of_scope_received"):
+        if verdict.get(kind):
+            lines.append(f"{kind.replace('_', ' ')}: {verdict[kind]}")
+    for host, error in sorted(verdict.get("unreachable", {}).items()):
+        lines.append(f"{host} did not answer: {error}")
+    lines += [f"target {t['target']} missed: " + ("not measured" if t["worst"] is None else f"{t['worst']:.2f}")
+              + f" > {t['bound']:g}" for t in result.get("targets", []) if t["met"] is False]  # fmt: skip
+    return lines
+
+
 def _latency_plot(latencies: list[float], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4))
     ordered = sorted(latencies)
@@ -59,32 +123,44 @@ def _bytes_plot(per_host: dict[str, int], path: Path) -> None:
     plt.close(fig)
 
 
-def write(out: Path, result: dict[str, Any], latencies: list[float], summary: list[tuple[str, Any]]) -> Path:
+def write(
+    out: Path, result: dict[str, Any], latencies: list[float], summary: list[tuple[str, Any]], logs: dict[str, str]
+) -> Path:
     """Write everything; returns the HTML report's path."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
+    for host, text in logs.items():
+        (out / "hosts" / host).mkdir(parents=True, exist_ok=True)
+        (out / "hosts" / host / "agent.log").write_text(text)
     _convergence_plot(result, out / "convergence.png")
+    _timeline_plot(result, out / "timeline.png")
     _latency_plot(latencies, out / "latency-cdf.png")
     _bytes_plot(result["verdict"]["bytes_out"], out / "bytes-per-host.png")
-    verdict = "PASS" if result["valid"] else "FAIL"
-    title = f"Experiment {result['name']} ({result['mode']}) {result['run_id']}: {verdict}"
+    title = f"Experiment {result['name']} ({result['mode']}) {result['run_id']}: {result['verdict_line']}"
+    why = _why(result)
     rows = "\n".join(f"| {k} | {v} |" for k, v in summary)
-    images = ["convergence.png", "latency-cdf.png", "bytes-per-host.png"]
+    images = ["convergence.png", "timeline.png", "latency-cdf.png", "bytes-per-host.png"]
+    evidence = "`results.json` (verdict, history, truth, faults, samples)" + (", `hosts/*/agent.log`" if logs else "")
     (out / "report.md").write_text(
-        f"# {title}\n\n{result['spec']}\n\nSeed {result['seed']}, commit {result['commit']}.\n\n"
+        f"# {title}\n\n" + "".join(f"- {line}\n" for line in why) + ("\n" if why else "")
+        + f"{result['spec']}\n\nSeed {result['seed']}, commit {result['commit']}.\n\n"
         f"| figure | value |\n|---|---|\n{rows}\n\n"
         + "\n\n".join(f"![{i}]({i})" for i in images)
-        + "\n\nEvidence: `results.json` (verdict, churn history, faults, samples).\n"
-    )
+        + f"\n\nEvidence: {evidence}.\n"
+    )  # fmt: skip
     cells = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in summary)
-    colour = "#1a7f37" if result["valid"] else "#cf222e"
+    colour = "#1a7f37" if result["passed"] else "#cf222e"
+    failures = "".join(f"<li>{html.escape(line)}</li>" for line in why)
+    links = "".join(f" <a href='hosts/{h}/agent.log'>{html.escape(h)}</a>" for h in sorted(logs))
     (out / "report.html").write_text(
         "<!doctype html><meta charset=utf-8><title>" + html.escape(title) + "</title>"
         "<body style='font-family:sans-serif;max-width:860px;margin:2em auto'>"
         f"<h1 style='color:{colour}'>{html.escape(title)}</h1>"
-        f"<p>{html.escape(result['spec'])}</p><p>Seed {result['seed']}, commit {html.escape(result['commit'])}.</p>"
+        + (f"<ul style='color:{colour}'>{failures}</ul>" if failures else "")
+        + f"<p>{html.escape(result['spec'])}</p><p>Seed {result['seed']}, commit {html.escape(result['commit'])}.</p>"
         f"<table border=1 cellpadding=4 style='border-collapse:collapse'>{cells}</table>"
         + "".join(f"<p><img src='{i}' alt='{i}'></p>" for i in images)
-        + "<p>Evidence: <a href='results.json'>results.json</a></p></body>"
-    )
+        + "<p>Evidence: <a href='results.json'>results.json</a>"
+        + (f"; agent logs:{links}" if logs else "") + "</p></body>"
+    )  # fmt: skip
     return out / "report.html"

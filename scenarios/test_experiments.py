@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,14 @@ def test_faults_only_the_lab_has_are_refused_in_sim():
     spec = parse({**MINIMAL, "phases": [{"churn": {"create": 5}}, {"fault": {"pause": 1}}]})
     with pytest.raises(SpecError, match="runs only in the lab"):
         sim_options(spec, 5, 1)
+
+
+@pytest.mark.sim
+def test_a_simulated_run_publishes_its_report(tmp_path, capsys):
+    assert main([str(Path(__file__).parent / "experiments" / "smoke.yaml"), "--mode", "sim",
+                 "--results-dir", str(tmp_path)]) == 0  # fmt: skip
+    (run,) = tmp_path.iterdir()
+    saved = json.loads((run / "results.json").read_text())
+    assert saved["verdict_line"] == "PASS"
+    assert (run / "report.html").read_text().count("<img") == 4
+    assert "PASS: report" in capsys.readouterr().out

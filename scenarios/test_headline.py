@@ -17,15 +17,13 @@ def test_headline_converges_in_scope_with_nothing_lost_or_resurrected(experiment
     result = experiment(load(HEADLINE))
     verdict = result["verdict"]
     assert result["endpoints"] == 9000  # 10,000 written, 1,000 of them deleted
-    assert verdict["missing"] == {}
-    assert verdict["unexpected"] == {}
-    assert verdict["resurrected"] == {}
-    assert verdict["scope_leaks"] == {}
-    assert verdict["out_of_scope_received"] == {}
+    for kind in ("missing", "unexpected", "wrong", "resurrected", "scope_leaks", "out_of_scope_received"):
+        assert verdict[kind] == {}, kind
     steady, partitioned = result["phases"]
     assert all(partitioned["fault"]["groups"])  # both halves had hosts
-    # Generous deadlines; the measured figures are in the report and the closing notes.
-    assert steady["after_last_write_s"] < 30
-    assert partitioned["after_heal_s"] < 30
-    assert result["valid"]
+    assert set(result["outcomes"]) == {"ok"}  # every churn batch's outcome known, and done
+    # The spec's own targets (after_last_write_s, after_heal_s) are the pass criteria, as in
+    # `make demo`: one source of truth for what "converged in time" means.
+    assert result["targets_met"], result["targets"]
+    assert result["passed"], result["verdict_line"]
     assert Path(result["report"]).exists()

@@ -56,6 +56,6 @@ def test_partition_shape_converges_inside_then_everywhere(lab_inventory, seed, p
         await nemesis.heal_all()
         await wait_for(lambda: checker.converged(churn.truth), 60, f"convergence after healing {shape}")
         await wait_for(checker.membership_converged, 60, "membership after the heal")
-        return await checker.verdict(churn.truth, churn.deleted)
+        return await checker.verdict(churn.truth)
 
     check_on_fresh_network(lab_inventory, network, body, seed)

@@ -14,14 +14,19 @@ from pathlib import Path
 
 import pytest
 
-from lab.ansible import LabSpec, playbook
+from lab.playbook import LabSpec, playbook
+from lab.pytest_plugin import no_lab
 
-pytestmark = [
-    pytest.mark.lab,
-    pytest.mark.skipif(os.geteuid() != 0, reason="the local lab needs root"),
-    pytest.mark.skipif(shutil.which("ansible-playbook") is None and not Path(".venv/bin/ansible-playbook").exists(),
-                       reason="ansible-core not installed"),
-]  # fmt: skip
+pytestmark = [pytest.mark.lab]
+
+
+@pytest.fixture(autouse=True)
+def _lab_possible(request: pytest.FixtureRequest) -> None:
+    if os.geteuid() != 0:
+        no_lab(request.config, "the local lab needs root")
+    if shutil.which("ansible-playbook") is None and not Path(".venv/bin/ansible-playbook").exists():
+        no_lab(request.config, "ansible-core not installed")
+
 
 PREFIX, SUBNET, SIZE = "sgt", "198.18.128.0/24", 8
 KEY = "q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA="  # a fixed test key (base64 of 32 bytes)
