@@ -253,4 +253,3 @@ def test_an_owner_skipped_mid_merge_is_not_vouched_for_when_it_comes_back():
     assert a.networks["net"].table.watermarks.get("c", 0) == 0
     wire.run(60.0)
     assert wire.keys("a", "net") == {f"c{i}" for i in range(30)}
-
