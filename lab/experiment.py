@@ -3,6 +3,7 @@
     python -m lab.experiment scenarios/experiments/headline.yaml                  # the local lab
     python -m lab.experiment SPEC --inventory inventories/prod                     # real hosts
     python -m lab.experiment SPEC --mode sim --hosts 2000                          # simulated
+    python -m lab.experiment --random --seed 7 [--duration 30]                     # generated (lab)
 
 Prints progress, a summary table and the report's path; exit 0 when every check holds, 1 when
 one fails, 2 on bad input (a bad spec, no lab).
@@ -286,7 +287,7 @@ class LabRun:
         per network and host what was missing, extra or wrong, from every host that answered."""
         try:
             after = await self.fleet.each(lambda h: self.fleet.api(h, "GET", "/stats", within=EVIDENCE_TIMEOUT))
-            spent = _spent(self.stats_before, after)
+            spent = spent_since(self.stats_before, after)
         except FleetError:
             spent = {}
         if stopped is not None and not stopped.get("judged"):
@@ -308,7 +309,7 @@ class LabRun:
             "fault_windows": self.windows,
             "copies_per_event": _copies(spent, self.churn, self.members),
             "cpu_seconds": {h: round(s["cpu_seconds"], 3) for h, s in spent.items()},
-            "harness_cost": _harness_cost(spent),
+            "harness_cost": harness_cost(spent),
             "truth": self.churn.truth.to_dict(),
             "clock_offsets_s": {h: {"offset": round(o, 6), "error": round(e, 6)} for h, (o, e) in self.clocks.items()},
             "history": self.history.ops,
@@ -317,7 +318,7 @@ class LabRun:
         }
 
 
-def _spent(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, float]]:
+def spent_since(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Per host, counters and CPU-seconds of this run (the agents' own figures are cumulative)."""
     result = {}
     for host, now in after.items():
@@ -334,7 +335,7 @@ def _api(stats: dict[str, Any]) -> dict[str, float]:
     return {"api_requests": api.get("requests", 0), "api_cpu_seconds": api.get("cpu_seconds", 0.0)}
 
 
-def _harness_cost(spent: dict[str, dict[str, float]]) -> dict[str, float]:
+def harness_cost(spent: dict[str, dict[str, float]]) -> dict[str, float]:
     """The measurement's own load on the agents: API requests and the CPU-seconds they took,
     in all and as a share of the agents' CPU over the run."""
     requests = sum(s.get("api_requests", 0) for s in spent.values())
@@ -609,7 +610,14 @@ def publish(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab.experiment", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("spec", help="an experiment spec, e.g. scenarios/experiments/headline.yaml")
+    parser.add_argument("spec", nargs="?", help="an experiment spec, e.g. scenarios/experiments/headline.yaml")
+    parser.add_argument(
+        "--random",
+        action="store_true",
+        help="no spec: run the schedule the simulator's generator draws from --seed on the lab",
+    )
+    parser.add_argument("--duration", type=float, default=30.0,
+                        help="--random: seconds of operations and faults (30)")  # fmt: skip
     parser.add_argument("--mode", choices=("lab", "sim"), default="lab",
                         help="lab: the inventory's hosts over SSH (default); sim: the simulator")  # fmt: skip
     parser.add_argument("--inventory", default=str(ROOT / "inventories" / "local"), help="lab mode: the hosts")
@@ -617,16 +625,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="default: the spec's")
     parser.add_argument("--results-dir", default=str(ROOT / "results"), help="reports go to DIR/<run-id>/")
     args = parser.parse_args(argv)
+    if args.random == (args.spec is not None):
+        parser.error("give a spec, or --random (with --seed), not both")
+    if args.random and (args.mode != "lab" or not 1 <= args.duration <= 3600):
+        parser.error("--random runs on the lab, for 1-3600 s (`gossip-agent sim --random` simulates)")
+    seed = args.seed if args.seed is not None else 1
     try:
-        spec = load_spec(args.spec)
-        seed = spec.seed if args.seed is None else args.seed
-        if args.mode == "sim":
-            hosts = args.hosts or spec.hosts
-            if hosts < 2:
-                raise SpecError("--hosts must be at least 2")
-            result = run_sim(spec, hosts, seed)
+        if args.random:
+            from .generated import run_generated  # it imports this module
+
+            result = asyncio.run(run_generated(seed, args.inventory, args.duration, Path(args.results_dir), say))
         else:
-            result = asyncio.run(run_lab(spec, args.inventory, seed, Path(args.results_dir)))
+            spec = load_spec(args.spec)
+            seed = spec.seed if args.seed is None else args.seed
+            if args.mode == "sim":
+                hosts = args.hosts or spec.hosts
+                if hosts < 2:
+                    raise SpecError("--hosts must be at least 2")
+                result = run_sim(spec, hosts, seed)
+                page, rows = publish(result, spec, seed, Path(args.results_dir))
+                result["report"], result["summary"] = str(page), rows
+            else:
+                result = asyncio.run(run_lab(spec, args.inventory, seed, Path(args.results_dir)))
     except (SpecError, InventoryError) as exc:
         hint = " (bring the local lab up first: make demo does)" if isinstance(exc, InventoryError) else ""
         print(f"experiment: error: {exc}{hint}", file=sys.stderr)
@@ -637,9 +657,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # the run stopped, collected its evidence and wrote its report
         print(f"experiment: interrupted; its report is under {args.results_dir}/ (seed {seed})", file=sys.stderr)
         return 130
-    if args.mode == "sim":
-        page, rows = publish(result, spec, seed, Path(args.results_dir))
-        result["report"], result["summary"] = str(page), rows
     rows = result["summary"]
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"  {k:<{width}}  {v}" for k, v in rows))

@@ -31,6 +31,10 @@ class FleetError(Exception):
     """A host could not be reached or a command failed; the message names the host."""
 
 
+class ApiRefused(FleetError):
+    """The agent answered with an error status: it validated the request and did nothing."""
+
+
 @dataclass(frozen=True, slots=True)
 class Result:
     host: str
@@ -113,7 +117,7 @@ class Fleet:
         except (asyncssh.Error, OSError, TimeoutError, ApiUnavailable) as exc:
             raise FleetError(f"{host}: {method} {path}: no answer from the agent: {exc}") from None
         except ApiFailure as exc:
-            raise FleetError(f"{host}: {method} {path}: HTTP {exc.status}: {exc}") from None
+            raise ApiRefused(f"{host}: {method} {path}: HTTP {exc.status}: {exc}") from None
 
     async def clock_offsets(self, samples: int = 5) -> dict[str, tuple[float, float]]:
         """Per host (offset, error), seconds: its clock minus ours, read at the midpoint of the

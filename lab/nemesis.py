@@ -96,6 +96,25 @@ class Nemesis:
         await self._program()
         self._record("loss", percent=percent)
 
+    async def clear_partition(self) -> None:
+        """End the partition in force; loss in force stays."""
+        self.cut = None
+        await self._program()
+        self._record("partition-end")
+
+    async def clear_loss(self) -> None:
+        """End the loss in force; a partition in force stays."""
+        self.loss_percent = 0
+        await self._program()
+        self._record("loss-end")
+
+    async def clear_delay(self) -> None:
+        """Clear every agent's fault hook (delay); raises naming the hosts where it failed."""
+        problems = {h: p for h, p in (await self.fleet.each(self._clear_faults)).items() if p}
+        self._record("delay-end", problems=problems)
+        if problems:
+            raise NemesisError("; ".join(f"{h}: {p}" for h, p in sorted(problems.items())))
+
     async def delay(self, milliseconds: int, hosts: list[str] | None = None) -> None:
         """Every datagram the given hosts send to any other host waits this long (agent fault hook)."""
         others = {n: h.address for n, h in self.fleet.hosts.items()}

@@ -35,6 +35,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--lab-size", type=int, default=8, help="hosts of the local lab the scenarios build (8)")
     group.addoption("--seed", type=int, default=1, help="seed of every random choice in the scenarios (1)")
     group.addoption("--results-dir", default=str(ROOT / "results"), help="where reports go (results/)")
+    group.addoption("--generated-seeds", default="1", help="seeds of the generated lab runs: N, A-B or A,B,... (1)")
     group.addoption(
         "--require-lab",
         action="store_true",
@@ -110,6 +111,23 @@ def no_lab(config: pytest.Config, reason: str) -> None:
     if config.getoption("--require-lab"):
         pytest.fail(f"{reason}; --require-lab (CI=true) makes this a failure")
     pytest.skip(reason)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "generated_seed" in metafunc.fixturenames:
+        text = metafunc.config.getoption("--generated-seeds")
+        try:
+            seeds = [int(p) for p in text.split(",")] if "-" not in text else list(range(*_bounds(text)))
+        except ValueError:
+            raise pytest.UsageError(f"--generated-seeds {text!r}: expected N, A-B or A,B,...") from None
+        metafunc.parametrize("generated_seed", seeds)
+
+
+def _bounds(text: str) -> tuple[int, int]:
+    low, high = (int(p) for p in text.split("-"))
+    if low > high:
+        raise ValueError(text)
+    return low, high + 1
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
