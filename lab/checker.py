@@ -75,6 +75,14 @@ class Checker:
         """Per host, dropped messages of this experiment's networks (not of earlier runs' ones)."""
         return {h: sum(s.get("out_of_scope_by_network", {}).get(n, 0) for n in self.members) for h, s in stats.items()}
 
+    async def measure_clocks(self) -> dict[str, tuple[float, float]]:
+        """Every host's (clock offset, error); latencies are corrected where the offset exceeds
+        its error; below that it is the round trip's noise (the local lab's hosts share one
+        clock and read +-10 ms here), which would only blur them."""
+        clocks = await self.fleet.clock_offsets()
+        self.offsets = {h: offset for h, (offset, error) in clocks.items() if abs(offset) > error}
+        return clocks
+
     @staticmethod
     def _suspected(stats: dict[str, Any]) -> dict[str, float]:
         return {h: s["counters"].get("member_suspected", 0) for h, s in stats.items()}

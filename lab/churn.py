@@ -11,8 +11,12 @@ from .history import History, Outcome, Truth, Version
 
 
 class Churn:
-    def __init__(self, fleet: Fleet, history: History | None = None) -> None:
+    def __init__(self, fleet: Fleet, history: History | None = None, strict: bool = True) -> None:
+        """`strict`: a batch of unknown outcome raises (after it is recorded): a hand-written
+        scenario must not pass on keys it can no longer check. Experiments pass False: they
+        record it and go on, and the model allows either outcome."""
         self.fleet = fleet
+        self.strict = strict
         self.history = history or History()
         self.truth = Truth()
         self.last_write = 0.0  # monotonic time the last batch finished
@@ -54,4 +58,6 @@ class Churn:
             self.last_write = time.monotonic()
             self.history.complete(invoked, outcome, **detail)
             settle(outcome)
+        if self.strict and outcome != "ok":
+            raise FleetError(f"{f} batch of {count} on {host}: outcome unknown: {detail['error']}")
         return outcome

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import traceback
 from typing import Any
 
 from gossip_agent.sim.partitions import partition
@@ -51,14 +52,16 @@ class GeneratedRun:
         self.network = {n: f"g{schedule.seed}-{n}" for n in schedule.networks}
         self.members = {self.network[n]: sorted(self.host[m] for m in ms) for n, ms in schedule.networks.items()}
         self.history = History()
-        self.churn = Churn(fleet, self.history)
+        self.churn = Churn(fleet, self.history, strict=False)
         self.nemesis = Nemesis(fleet, schedule.seed)
         self.checker = Checker(fleet, self.members)
         self.bursts: dict[tuple[str, str, str], int] = {}  # (host, network, prefix) -> entries
-        self.cuts = 0  # partitions applied: a partition's end heals only if no later one replaced it
+        self.locks: dict[tuple[str, str], asyncio.Lock] = {}  # (network, key or prefix)
+        self.cuts = self.losses = 0  # applied so far: a fault's end heals only if no later one replaced it
         self.started = 0.0
         self.pending: list[asyncio.Task[None]] = []  # steps and fault ends, each at its time
         self.where = "preparing the networks"  # what the run is doing: a stopped run says where
+        self.clocks: dict[str, tuple[float, float]] = {}  # host -> (clock offset, its error), seconds
 
     async def prepare(self) -> None:
         """This run's networks, fresh: left first where a previous run of the seed attached them."""
@@ -74,21 +77,28 @@ class GeneratedRun:
             await self.fleet.each(lambda h, n=network: fresh(h, n), hosts)
         await wait_for(self.checker.membership_converged, 60, "every host to see every host alive")
         await self.checker.baseline()
+        self.clocks = await self.checker.measure_clocks()
 
     async def step(self, step: Step) -> None:
         """One step at its time; its outcome goes to the history (and the truth)."""
         host, network = self.host.get(step.node, ""), self.network.get(step.network, "")
         if network and host not in self.members[network]:
             return  # the generator draws any node; one outside the network is refused (sim tests that)
-        if step.kind in ("write", "delete"):
-            await self._single(step, host, network)
-        elif step.kind == "burst":
-            self.bursts[(host, network, step.key)] = step.count
-            await self.churn.create(host, network, step.count, step.key)
-        elif step.kind == "delete-burst":
-            await self.churn.delete(host, network, self.bursts.get((host, network, step.key), 0) or 1, step.key)
-        elif step.kind != "start":  # a supervisor restarts killed agents by itself
+        if step.kind == "start":
+            return  # a supervisor restarts killed agents by itself
+        if not network:
             await self._fault(step, host)
+            return
+        # Operations on one key (or burst prefix) run one after another, in schedule order: the
+        # truth takes them in the order they complete, which is then the order they applied.
+        async with self.locks.setdefault((network, step.key), asyncio.Lock()):
+            if step.kind in ("write", "delete"):
+                await self._single(step, host, network)
+            elif step.kind == "burst":
+                self.bursts[(host, network, step.key)] = step.count
+                await self.churn.create(host, network, step.count, step.key)
+            else:  # delete-burst
+                await self.churn.delete(host, network, self.bursts.get((host, network, step.key), 0) or 1, step.key)
 
     async def _single(self, step: Step, host: str, network: str) -> None:
         path = f"/networks/{network}/entries"
@@ -98,18 +108,20 @@ class GeneratedRun:
         else:
             body = {"entries": [{"table": TABLE, "key": step.key}]}
             invoked = self.history.invoke("delete", host, network=network, key=step.key)
+        outcome, detail = "info", {"error": "cancelled"}  # a run stopped meanwhile: it may land
         try:
             await self.fleet.api(host, "POST" if step.kind == "write" else "DELETE", path, body, within=10)
             outcome, detail = "ok", {}
         except ApiRefused as exc:  # validated and refused whole (a delete of a key not there)
             outcome, detail = "fail", {"error": str(exc)}
         except FleetError as exc:  # no answer: a killed or paused agent may still apply it
-            outcome, detail = "info", {"error": str(exc)}
-        self.history.complete(invoked, outcome, **detail)
-        if step.kind == "write":
-            self.churn.truth.wrote(network, {step.key: Version(host, step.value)}, outcome)
-        else:
-            self.churn.truth.removed(network, {step.key}, outcome)
+            detail = {"error": str(exc)}
+        finally:
+            self.history.complete(invoked, outcome, **detail)
+            if step.kind == "write":
+                self.churn.truth.wrote(network, {step.key: Version(host, step.value)}, outcome)
+            else:
+                self.churn.truth.removed(network, {step.key}, outcome)
 
     async def _fault(self, step: Step, host: str) -> None:
         n = self.nemesis
@@ -119,20 +131,23 @@ class GeneratedRun:
                 await n.kill(host)
             elif step.kind == "leave":
                 await n.restart(host)
+            # Each fault's end is set before the fault: one that half-failed still ends.
             elif step.kind == "pause":
-                await n.pause(host)
                 self._at(step.until, lambda: n.resume(host))
+                await n.pause(host)
             elif step.kind == "partition":
                 self.cuts += 1
-                mine = self.cuts
-                await n.partition(partition(step.shape, [self.host[o] for o in step.order], step.symmetric))
+                mine = self.cuts  # a later partition replaces this one, and its end is the later's
                 self._at(step.until, lambda: n.clear_partition() if self.cuts == mine else asyncio.sleep(0))
+                await n.partition(partition(step.shape, [self.host[o] for o in step.order], step.symmetric))
             elif step.kind == "loss":
+                self.losses += 1
+                mine = self.losses
+                self._at(step.until, lambda: n.clear_loss() if self.losses == mine else asyncio.sleep(0))
                 await n.loss(max(1, min(99, round(step.probability * 100))))
-                self._at(step.until, n.clear_loss)
             elif step.kind == "delay":
-                await n.delay(round(step.high * 1000))
                 self._at(step.until, n.clear_delay)
+                await n.delay(round(step.high * 1000))
         except FleetError as exc:
             self.history.complete(invoked, "info", error=str(exc))
             return
@@ -160,7 +175,8 @@ class GeneratedRun:
                 self._at(step.at, lambda s=step: self.step(s))
             self.log(f"{len(self.schedule.steps)} steps over {self.schedule.quiet_at:.0f} s")
             await asyncio.sleep(max(0.0, self.started + self.schedule.quiet_at - time.monotonic()))
-            await asyncio.gather(*self.pending)
+            while not all(task.done() for task in self.pending):  # ends added meanwhile too
+                await asyncio.gather(*self.pending)
             self.where = f"healing and waiting {CONVERGE_WITHIN:g} s for convergence"
             await self.nemesis.heal_all()
             quiet = time.monotonic()
@@ -172,6 +188,9 @@ class GeneratedRun:
             stopped = {"step": self.where, "why": str(exc)}
         except (asyncio.CancelledError, KeyboardInterrupt):
             stopped = {"step": self.where, "why": "interrupted"}
+        except Exception as exc:  # a bug of the harness: still a report, with the traceback
+            stopped = {"step": self.where, "why": f"harness error {type(exc).__name__}: {exc}",
+                       "traceback": traceback.format_exc()}  # fmt: skip
         finally:
             for task in self.pending:
                 task.cancel()
@@ -199,6 +218,7 @@ class GeneratedRun:
             "fault_windows": [],
             "harness_cost": harness_cost(spent),
             "truth": self.churn.truth.to_dict(),
+            "clock_offsets_s": {h: {"offset": round(o, 6), "error": round(e, 6)} for h, (o, e) in self.clocks.items()},
             "schedule": self.schedule.to_dict(),
             "history": self.history.ops,
             "outcomes": self.history.counts(),

@@ -65,12 +65,12 @@ class Nemesis:
     async def _program(self) -> None:
         """Every host's ruleset from the partition and the loss in force, each in one transaction."""
         address = {n: h.address for n, h in self.fleet.hosts.items()}
-        cut = self.cut
+        cut, loss = self.cut, self.loss_percent  # one view for every host, whatever changes meanwhile
 
         async def apply(name: str) -> None:
             drop_to = [address[o] for o in address if o != name and cut and cut.blocked(name, o)]
             drop_from = [address[o] for o in address if o != name and cut and cut.blocked(o, name)]
-            rules = ruleset(self.table, drop_to, drop_from, self.loss_percent)
+            rules = ruleset(self.table, drop_to, drop_from, loss)
             await self.fleet.run(name, f"printf %s {shlex.quote(rules)} | nft -f -")
 
         await self.fleet.each(apply)

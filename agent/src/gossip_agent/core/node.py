@@ -736,14 +736,12 @@ class Node:
                 return
             if not msg.member:
                 return
+            # Refused (backlog full): not retried at once, which would fetch the same delta again
+            # while we are busiest; the digests in gossip start another sync once we differ.
             if self._queue_absorb(
                 pending.peer or "", msg.network, msg.entries, msg.digest, msg.full_owners, now, pending
             ):
                 state.syncing = sid  # no other sync of this network until this one is merged
-            elif pending.why == "join":
-                state.needs_join_sync = True  # refused for now (backlog full): try again
-            elif pending.why == "return" and pending.peer is not None:
-                state.returned.add(pending.peer)
         elif isinstance(msg, StreamAck) and pending.kind == "sync-push":
             self.count("syncs_completed")
         else:
