@@ -32,7 +32,7 @@ from .checker import EVIDENCE_TIMEOUT, Checker, WaitTimeout, latency_summary, pe
 from .churn import Churn
 from .fleet import Fleet, FleetError
 from .history import History, Truth
-from .inventory import InventoryError, load
+from .inventory import Host, InventoryError, load
 from .nemesis import Nemesis, NemesisError
 from .playbook import ROOT
 from .spec import Fault, Phase, Spec, SpecError
@@ -265,13 +265,8 @@ class LabRun:
                 if not self.phases[-1]["valid"]:  # later phases would be judged on a broken table
                     stopped = {"step": f"phase {p.name}: its verdict", "why": "safety checks failed", "judged": True}
                     break
-        except (WaitTimeout, FleetError) as exc:
-            stopped = {"step": self.step, "why": str(exc)}
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            stopped = {"step": self.step, "why": "interrupted"}
-        except Exception as exc:  # a bug of the harness: still a report, with the traceback
-            stopped = {"step": self.step, "why": f"harness error {type(exc).__name__}: {exc}",
-                       "traceback": traceback.format_exc()}  # fmt: skip
+        except STOPS as exc:
+            stopped = why_stopped(exc, self.step)
         finally:
             done.set()
             if sampler is not None:
@@ -313,6 +308,20 @@ class LabRun:
             "outcomes": self.history.counts(),
             "faults": self.nemesis.log,
         }
+
+
+# What stops a run early; it still reports (`why_stopped`). Ctrl-C reaches a run as a cancel.
+STOPS = (Exception, asyncio.CancelledError, KeyboardInterrupt)
+
+
+def why_stopped(exc: BaseException, step: str) -> dict[str, Any]:
+    """Where a run stopped and why: a wait that timed out, a host lost, an interruption, or a
+    bug of the harness (with its traceback)."""
+    if isinstance(exc, WaitTimeout | FleetError):
+        return {"step": step, "why": str(exc)}
+    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
+        return {"step": step, "why": "interrupted"}
+    return {"step": step, "why": f"harness error {type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
 
 
 def spent_since(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -361,11 +370,19 @@ async def run_lab(spec: Spec, inventory: str, seed: int, results_dir: Path, log:
     it stops early (a timeout, a host lost, Ctrl-C): then with the agents' logs beside it."""
     hosts = load(inventory)
     log(f"{spec.name}: seed {seed}; {len(hosts)} hosts from {inventory}")
+    return await run_published(hosts, lambda fleet: LabRun(spec, fleet, seed, log), spec, seed, results_dir)
+
+
+async def run_published(
+    hosts: list[Host], make: Callable[[Fleet], Any], spec: Spec, seed: int, results_dir: Path
+) -> dict[str, Any]:
+    """Run (a LabRun or a GeneratedRun) on the hosts between two heals, and publish its report
+    whatever happened, with the agents' logs when it failed."""
     async with Fleet(hosts) as fleet:
-        run = LabRun(spec, fleet, seed, log)
+        run = make(fleet)
         await run.nemesis.heal_all()
         try:
-            result = await run.run()  # it stops where it is on a timeout, a lost host or Ctrl-C
+            result: dict[str, Any] = await run.run()  # it stops where it is on a timeout, a lost host or Ctrl-C
         except BaseException:  # a bug of the harness: heal all the same
             await run.nemesis.heal_all()
             raise

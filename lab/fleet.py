@@ -114,7 +114,9 @@ class Fleet:
                 finally:
                     writer.close()
             return exchange.answer(answer)
-        except (asyncssh.Error, OSError, TimeoutError, ApiUnavailable) as exc:
+        except TimeoutError:
+            raise FleetError(f"{host}: {method} {path}: no answer from the agent within {within:g} s") from None
+        except (asyncssh.Error, OSError, ApiUnavailable) as exc:
             raise FleetError(f"{host}: {method} {path}: no answer from the agent: {exc}") from None
         except ApiFailure as exc:
             raise ApiRefused(f"{host}: {method} {path}: HTTP {exc.status}: {exc}") from None

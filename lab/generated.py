@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-import traceback
 from typing import Any
 
 from gossip_agent.sim.partitions import partition
 from gossip_agent.sim.schedule import TABLE, Knobs, Schedule, Step, generate
 
-from .checker import Checker, WaitTimeout, latency_summary, wait_for
+from .checker import Checker, latency_summary, wait_for
 from .churn import Churn
-from .experiment import EVIDENCE_TIMEOUT, Say, collect_logs, harness_cost, publish, spent_since
+from .experiment import EVIDENCE_TIMEOUT, STOPS, Say, harness_cost, run_published, spent_since, why_stopped
 from .fleet import ApiRefused, Fleet, FleetError
 from .history import History, Version
 from .inventory import load
-from .nemesis import Nemesis, NemesisError
+from .nemesis import Nemesis
 from .spec import Spec, SpecError
 
 LAB_KINDS = ("write", "delete", "burst", "delete-burst", "crash", "leave", "pause", "partition", "loss", "delay")
@@ -184,13 +183,8 @@ class GeneratedRun:
             await wait_for(self.checker.membership_converged, CONVERGE_WITHIN, "membership after quiet")
             converged_after = round(time.monotonic() - quiet, 3)
             verdict = await self.checker.verdict(self.churn.truth)
-        except (WaitTimeout, FleetError) as exc:  # NemesisError is a FleetError
-            stopped = {"step": self.where, "why": str(exc)}
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            stopped = {"step": self.where, "why": "interrupted"}
-        except Exception as exc:  # a bug of the harness: still a report, with the traceback
-            stopped = {"step": self.where, "why": f"harness error {type(exc).__name__}: {exc}",
-                       "traceback": traceback.format_exc()}  # fmt: skip
+        except STOPS as exc:
+            stopped = why_stopped(exc, self.where)
         finally:
             for task in self.pending:
                 task.cancel()
@@ -234,20 +228,4 @@ async def run_generated(seed: int, inventory: str, duration: float, results_dir:
     spec = Spec(f"generated-s{seed}", f"generated schedule of seed {seed} ({duration:g} s of steps)",
                 seed, len(hosts), {}, ())  # fmt: skip
     log(f"{spec.name}: {len(hosts)} hosts from {inventory}; replay with --random --seed {seed}")
-    async with Fleet(hosts) as fleet:
-        run = GeneratedRun(schedule, fleet, log)
-        await run.nemesis.heal_all()
-        try:
-            result = await run.run()
-        except BaseException:  # a bug of the harness: heal all the same
-            await run.nemesis.heal_all()
-            raise
-        try:
-            await run.nemesis.heal_all()
-        except NemesisError as exc:  # the lab may still be faulty: the run cannot pass
-            result["valid"] = False
-            result["stopped"] = result["stopped"] or {"step": "healing every fault", "why": str(exc)}
-        logs = await collect_logs(fleet) if not result["valid"] else {}
-    page, rows = publish(result, spec, seed, results_dir, logs)
-    result["report"], result["summary"] = str(page), rows
-    return result
+    return await run_published(hosts, lambda fleet: GeneratedRun(schedule, fleet, log), spec, seed, results_dir)
