@@ -28,7 +28,7 @@ from .checker import Checker, latency_summary, wait_for
 from .churn import Churn
 from .experiment import EVIDENCE_TIMEOUT, STOPS, Say, harness_cost, run_published, spent_since, why_stopped
 from .fleet import ApiRefused, Fleet, FleetError
-from .history import History, Version
+from .history import History, Truth, Version
 from .inventory import load
 from .nemesis import Nemesis
 from .spec import Spec, SpecError
@@ -75,6 +75,7 @@ class GeneratedRun:
         for network, hosts in self.members.items():
             await self.fleet.each(lambda h, n=network: fresh(h, n), hosts)
         await wait_for(self.checker.membership_converged, 60, "every host to see every host alive")
+        await wait_for(lambda: self.checker.converged(Truth()), 60, "empty networks on every member")
         await self.checker.baseline()
         self.clocks = await self.checker.measure_clocks()
 
