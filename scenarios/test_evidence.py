@@ -39,7 +39,9 @@ async def stop_once_churn_starts(fleet: Fleet, victim: str, watch: str) -> None:
 def test_a_run_that_cannot_converge_leaves_its_evidence(lab_inventory, seed, tmp_path, progress):
     spec = parse(
         {"name": "broken", "description": "one member stopped mid-churn", "networks": {NETWORK: "all"},
-         "phases": [{"name": "stuck", "churn": {"create": 400, "writers": 2, "rate": 100}, "within": 5}]},
+         # 1,000 per writer at 100/s: a batch of 500 at once, the second 5 s later (ctl churn paces
+         # between batches), so the victim is surely stopped before the second: it cannot converge.
+         "phases": [{"name": "stuck", "churn": {"create": 2000, "writers": 2, "rate": 100}, "within": 5}]},
         "broken",
     )  # fmt: skip
 
