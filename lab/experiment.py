@@ -306,6 +306,7 @@ class LabRun:
             "clock_offsets_s": {h: {"offset": round(o, 6), "error": round(e, 6)} for h, (o, e) in self.clocks.items()},
             "history": self.history.ops,
             "outcomes": self.history.counts(),
+            "unfinished": self.history.pending(),  # invoked, never completed: their outcome is unknown
             "faults": self.nemesis.log,
         }
 

@@ -217,6 +217,7 @@ class GeneratedRun:
             "schedule": self.schedule.to_dict(),
             "history": self.history.ops,
             "outcomes": self.history.counts(),
+            "unfinished": self.history.pending(),  # invoked, never completed: their outcome is unknown
             "faults": self.nemesis.log,
         }
 
