@@ -4,12 +4,12 @@ hosts, and the same checker judges them.
     python -m lab.experiment --random --seed 7 [--duration 30] [--inventory inventories/prod]
 
 From the seed, `generate` draws the networks (each a subset of the hosts), timed writes, updates
-and deletes of single entries, bursts and burst deletes, kill -9, graceful restarts, pauses,
-partitions of every shape (symmetric or not, overlapping, flapping), loss and delay, each fault
-with its own end. Kinds the lab cannot do on live agents are left out of the draw: new lives
-(a journal wiped under a running agent), duplicated, corrupted, replayed or forged datagrams
-(the simulator's job), and attach/detach (not yet: the checker's member sets are fixed per run).
-A supervisor restarts a killed agent by itself, so `start` steps are no-ops here.
+and deletes of single entries, bursts and burst deletes, detaches and re-attaches (at once or
+later: moby#47728), kill -9, graceful restarts, pauses, partitions of every shape (symmetric or
+not, overlapping, flapping), loss and delay, each fault with its own end. Kinds the lab cannot do
+on live agents are left out of the draw: new lives (a journal wiped under a running agent) and
+duplicated, corrupted, replayed or forged datagrams (the simulator's job). A supervisor restarts
+a killed agent by itself, so `start` steps are no-ops here.
 
 Every step is recorded in the history with its outcome; the run then heals everything, waits for
 convergence and takes the verdict, or stops and publishes its evidence, exactly as a spec does.
@@ -33,7 +33,8 @@ from .inventory import load
 from .nemesis import Nemesis
 from .spec import Spec, SpecError
 
-LAB_KINDS = ("write", "delete", "burst", "delete-burst", "crash", "leave", "pause", "partition", "loss", "delay")
+LAB_KINDS = ("write", "delete", "burst", "delete-burst", "attach", "detach",
+             "crash", "leave", "pause", "partition", "loss", "delay")  # fmt: skip
 CONVERGE_WITHIN = 120.0  # seconds after the last step and the final heal
 
 
@@ -49,13 +50,17 @@ class GeneratedRun:
         hosts = sorted(fleet.hosts)
         self.host = dict(zip(schedule.nodes, hosts, strict=True))  # the generator's n1.. -> hosts
         self.network = {n: f"g{schedule.seed}-{n}" for n in schedule.networks}
+        # Who is in each network now; attaches and detaches change it, and the checker reads it.
         self.members = {self.network[n]: sorted(self.host[m] for m in ms) for n, ms in schedule.networks.items()}
+        self.left: set[str] = set()  # hosts that detached from a network during the run
+        self.unsettled: set[tuple[str, str]] = set()  # (host, network) of an attach/detach of unknown outcome
         self.history = History()
         self.churn = Churn(fleet, self.history, strict=False)
         self.nemesis = Nemesis(fleet, schedule.seed)
         self.checker = Checker(fleet, self.members)
         self.bursts: dict[tuple[str, str, str], int] = {}  # (host, network, prefix) -> entries
         self.locks: dict[tuple[str, str], asyncio.Lock] = {}  # (network, key or prefix)
+        self.seats: dict[tuple[str, str], asyncio.Lock] = {}  # (host, network)
         self.cuts = self.losses = 0  # applied so far: a fault's end heals only if no later one replaced it
         self.started = 0.0
         self.pending: list[asyncio.Task[None]] = []  # steps and fault ends, each at its time
@@ -72,8 +77,15 @@ class GeneratedRun:
                 pass  # not attached: nothing to leave
             await self.fleet.api(host, "POST", "/networks", {"network": network})
 
+        async def leave(host: str, network: str) -> None:
+            try:
+                await self.fleet.api(host, "DELETE", f"/networks/{network}")
+            except ApiRefused:
+                pass
+
         for network, hosts in self.members.items():
             await self.fleet.each(lambda h, n=network: fresh(h, n), hosts)
+            await self.fleet.each(lambda h, n=network: leave(h, n), sorted(set(self.fleet.hosts) - set(hosts)))
         await wait_for(self.checker.membership_converged, 60, "every host to see every host alive")
         await wait_for(lambda: self.checker.converged(Truth()), 60, "empty networks on every member")
         await self.checker.baseline()
@@ -82,16 +94,22 @@ class GeneratedRun:
     async def step(self, step: Step) -> None:
         """One step at its time; its outcome goes to the history (and the truth)."""
         host, network = self.host.get(step.node, ""), self.network.get(step.network, "")
-        if network and host not in self.members[network]:
-            return  # the generator draws any node; one outside the network is refused (sim tests that)
         if step.kind == "start":
             return  # a supervisor restarts killed agents by itself
         if not network:
             await self._fault(step, host)
             return
-        # Operations on one key (or burst prefix) run one after another, in schedule order: the
-        # truth takes them in the order they complete, which is then the order they applied.
-        async with self.locks.setdefault((network, step.key), asyncio.Lock()):
+        # A host's operations on one network wait for its attach or detach there, and one key's
+        # (or burst prefix's) run one after another: the truth takes them in the order they
+        # complete, which is then the order they applied.
+        seat = self.seats.setdefault((host, network), asyncio.Lock())
+        if step.kind in ("attach", "detach"):
+            async with seat:
+                await self._membership(step.kind, host, network)
+            return
+        if host not in self.members[network]:
+            return  # the generator draws any node; one outside the network is refused (sim tests that)
+        async with seat, self.locks.setdefault((network, step.key), asyncio.Lock()):
             if step.kind in ("write", "delete"):
                 await self._single(step, host, network)
             elif step.kind == "burst":
@@ -122,6 +140,50 @@ class GeneratedRun:
                 self.churn.truth.wrote(network, {step.key: Version(host, step.value)}, outcome)
             else:
                 self.churn.truth.removed(network, {step.key}, outcome)
+
+    async def _membership(self, kind: str, host: str, network: str) -> None:
+        """Attach or detach; the checker's member sets follow what certainly happened, and an
+        unknown outcome is settled at the end by asking the host."""
+        invoked = self.history.invoke(kind, host, network=network)
+        outcome, detail = "info", {"error": "cancelled"}
+        try:
+            if kind == "attach":
+                await self.fleet.api(host, "POST", "/networks", {"network": network}, within=10)
+            else:
+                await self.fleet.api(host, "DELETE", f"/networks/{network}", within=10)
+            outcome, detail = "ok", {}
+        except ApiRefused as exc:  # a detach from a network the host is not in
+            outcome, detail = "fail", {"error": str(exc)}
+        except FleetError as exc:
+            detail = {"error": str(exc)}
+        finally:
+            self.history.complete(invoked, outcome, **detail)
+            if kind == "detach" and outcome != "fail":
+                self.left.add(host)
+                self.churn.truth.detached(network, host, outcome)
+            if outcome == "info":
+                self.unsettled.add((host, network))
+            elif outcome == "ok":
+                self.unsettled.discard((host, network))
+                self._set_member(host, network, kind == "attach")
+
+    def _set_member(self, host: str, network: str, attached: bool) -> None:
+        members = self.members[network]
+        if attached and host not in members:
+            members.append(host)
+            members.sort()
+        elif not attached and host in members:
+            members.remove(host)
+
+    async def _settle_membership(self) -> None:
+        """Whether an attach or detach of unknown outcome happened: the host knows by now."""
+        for host, network in sorted(self.unsettled):
+            asked = self.history.invoke("read-membership", host, network=network)
+            networks = await self.fleet.api(host, "GET", "/networks", within=EVIDENCE_TIMEOUT)
+            attached = any(n["network"] == network for n in networks)
+            self.history.complete(asked, "ok", attached=attached)
+            self._set_member(host, network, attached)
+        self.unsettled.clear()
 
     async def _fault(self, step: Step, host: str) -> None:
         n = self.nemesis
@@ -180,10 +242,11 @@ class GeneratedRun:
             self.where = f"healing and waiting {CONVERGE_WITHIN:g} s for convergence"
             await self.nemesis.heal_all()
             quiet = time.monotonic()
-            await wait_for(lambda: self.checker.converged(self.churn.truth), CONVERGE_WITHIN, "convergence after quiet")
             await wait_for(self.checker.membership_converged, CONVERGE_WITHIN, "membership after quiet")
+            await self._settle_membership()
+            await wait_for(lambda: self.checker.converged(self.churn.truth), CONVERGE_WITHIN, "convergence after quiet")
             converged_after = round(time.monotonic() - quiet, 3)
-            verdict = await self.checker.verdict(self.churn.truth)
+            verdict = await self.checker.verdict(self.churn.truth, self.left)
         except STOPS as exc:
             stopped = why_stopped(exc, self.where)
         finally:

@@ -56,7 +56,8 @@ class History:
 
 class Truth:
     """Per network: keys that must be held (`expected`), keys that may be held in one of several
-    states (`unsure`: None is "absent"), and keys deleted for good (`deleted`).
+    states (`unsure`: None is "absent"), and keys deleted for good (`deleted`, by their owner or
+    by its detach).
 
     An operation of unknown outcome may still be running on its host (an SSH channel lost does
     not stop the command behind it), so, as in Jepsen, it is concurrent with everything after it:
@@ -67,6 +68,7 @@ class Truth:
         self.unsure: dict[str, dict[str, set[Version | None]]] = {}
         self.deleted: dict[str, set[str]] = {}
         self.lingering: dict[str, dict[str, set[Version | None]]] = {}
+        self.detaching: dict[str, set[str]] = {}  # network -> owners whose detach may still land
 
     def _states(self, network: str, key: str) -> set[Version | None]:
         """Every state `key` may be in now."""
@@ -103,6 +105,26 @@ class Truth:
             if outcome == "ok":
                 self.deleted.setdefault(network, set()).add(key)
 
+    def detached(self, network: str, owner: str, outcome: Outcome) -> None:
+        """`owner` left `network` (outcome `ok`), or may have (`info`): a detach deletes the
+        leaver's entries there, and a later re-attach must not bring them back."""
+        if outcome == "fail":
+            return
+        lingering = self.lingering.setdefault(network, {})
+        keys = set(self.expected.get(network, {})) | set(self.unsure.get(network, {}))
+        for key in keys:
+            states = self._states(network, key)
+            if not any(v is not None and v.owner == owner for v in states):
+                continue
+            if outcome == "ok":
+                after = {None if v is not None and v.owner == owner else v for v in states}
+                self._settle(network, key, after | lingering.get(key, set()))
+                self.deleted.setdefault(network, set()).add(key)
+            else:
+                self._settle(network, key, states | {None})
+        if outcome == "info":  # it may still land, and take what the owner writes meanwhile with it
+            self.detaching.setdefault(network, set()).add(owner)
+
     def _apply(self, network: str, key: str, after: Version | None, outcome: Outcome) -> None:
         lingering = self.lingering.setdefault(network, {})
         if outcome == "ok":
@@ -110,6 +132,9 @@ class Truth:
         else:
             states = self._states(network, key) | {after}
             lingering.setdefault(key, set()).add(after)
+        detaching = self.detaching.get(network, set())
+        if any(v is not None and v.owner in detaching for v in states):
+            states.add(None)
         self._settle(network, key, states)
 
     def keys(self, network: str) -> set[str]:
@@ -135,6 +160,7 @@ class Truth:
             }
         view.deleted = {n: set(keys) for n, keys in self.deleted.items()}
         view.lingering = self.lingering
+        view.detaching = self.detaching
         return view
 
     def networks(self) -> set[str]:
