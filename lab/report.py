@@ -69,6 +69,27 @@ def _timeline_plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+FAILURE_KINDS = ("missing", "unexpected", "wrong", "resurrected")
+NETWORK_COLUMNS = ("network", "members", "expected", "unsure", "deleted", *FAILURE_KINDS)
+
+
+def _network_rows(result: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """One row per network: its members at the end, what the truth holds of it (keys that must be
+    held, may be held, were deleted) and, summed over its members, what the verdict found wrong."""
+    networks = result["networks"]
+    truth = result.get("truth") or {}
+    verdict = result["verdict"]
+    rows = []
+    for network in sorted(networks):
+        members = networks[network] if isinstance(networks, dict) else []
+        model = truth.get(network, {})
+        found = [verdict.get(kind) for kind in FAILURE_KINDS]
+        per_network = [sum(f.get(network, {}).values()) if isinstance(f, dict) else "" for f in found]
+        listed = f"{len(members)}: {', '.join(members)}" if members else ""
+        rows.append((network, listed, *(model.get(k, "") for k in ("expected", "unsure", "deleted")), *per_network))
+    return rows
+
+
 def _why(result: dict[str, Any]) -> list[str]:
     """The lines a reader needs first when the run failed: where it stopped, what was wrong where
     (with example keys), which targets were missed."""
@@ -76,7 +97,7 @@ def _why(result: dict[str, Any]) -> list[str]:
     if result.get("stopped"):
         lines.append(f"Stopped while {result['stopped']['step']}: {result['stopped']['why']}")
     verdict = result["verdict"]
-    for kind in ("missing", "unexpected", "wrong", "resurrected"):
+    for kind in FAILURE_KINDS:
         found = verdict.get(kind) or {}
         if not isinstance(found, dict):  # the simulator counts in all, not per network and host
             lines.append(f"{found} {kind}")
@@ -139,18 +160,25 @@ def write(
     title = f"Experiment {result['name']} ({result['mode']}) {result['run_id']}: {result['verdict_line']}"
     why = _why(result)
     rows = "\n".join(f"| {k} | {v} |" for k, v in summary)
+    networks = _network_rows(result)
+    network_md = (f"| {' | '.join(NETWORK_COLUMNS)} |\n|{'---|' * len(NETWORK_COLUMNS)}\n"
+                  + "".join(f"| {' | '.join(str(c) for c in row)} |\n" for row in networks))  # fmt: skip
     images = ["convergence.png", "timeline.png", "latency-cdf.png", "bytes-per-host.png"]
     evidence = "`results.json` (verdict, history, truth, faults, samples)" + (", `hosts/*/agent.log`" if logs else "")
     (out / "report.md").write_text(
         f"# {title}\n\n" + "".join(f"- {line}\n" for line in why) + ("\n" if why else "")
         + f"{result['spec']}\n\nSeed {result['seed']}, commit {result['commit']}.\n\n"
-        f"| figure | value |\n|---|---|\n{rows}\n\n"
+        f"| figure | value |\n|---|---|\n{rows}\n\n## Networks\n\n{network_md}\n"
         + "\n\n".join(f"![{i}]({i})" for i in images)
         + f"\n\nEvidence: {evidence}.\n"
     )  # fmt: skip
     cells = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in summary)
     colour = "#1a7f37" if result["passed"] else "#cf222e"
     failures = "".join(f"<li>{html.escape(line)}</li>" for line in why)
+    network_head = "".join(f"<th>{c}</th>" for c in NETWORK_COLUMNS)
+    network_cells = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in networks
+    )
     links = "".join(f" <a href='hosts/{h}/agent.log'>{html.escape(h)}</a>" for h in sorted(logs))
     (out / "report.html").write_text(
         "<!doctype html><meta charset=utf-8><title>" + html.escape(title) + "</title>"
@@ -159,6 +187,8 @@ def write(
         + (f"<ul style='color:{colour}'>{failures}</ul>" if failures else "")
         + f"<p>{html.escape(result['spec'])}</p><p>Seed {result['seed']}, commit {html.escape(result['commit'])}.</p>"
         f"<table border=1 cellpadding=4 style='border-collapse:collapse'>{cells}</table>"
+        f"<h2>Networks</h2><table border=1 cellpadding=4 style='border-collapse:collapse'>"
+        f"<tr>{network_head}</tr>{network_cells}</table>"
         + "".join(f"<p><img src='{i}' alt='{i}'></p>" for i in images)
         + "<p>Evidence: <a href='results.json'>results.json</a>"
         + (f"; agent logs:{links}" if logs else "") + "</p></body>"

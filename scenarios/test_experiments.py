@@ -86,5 +86,9 @@ def test_a_simulated_run_publishes_its_report(tmp_path, capsys):
     (run,) = tmp_path.iterdir()
     saved = json.loads((run / "results.json").read_text())
     assert saved["verdict_line"] == "PASS"
-    assert (run / "report.html").read_text().count("<img") == 4
+    page = (run / "report.html").read_text()
+    assert page.count("<img") == 4
+    # One row per network of the spec in the networks table.
+    networks_table = page.split("<h2>Networks</h2>")[1].split("</table>")[0]
+    assert networks_table.count("<tr><td>") == len(saved["networks"]) > 0, page
     assert "PASS: report" in capsys.readouterr().out
