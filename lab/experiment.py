@@ -277,11 +277,7 @@ class LabRun:
     async def result(self, stopped: dict[str, Any] | None) -> dict[str, Any]:
         """What the run found. When it stopped early, the verdict is the evidence at that moment:
         per network and host what was missing, extra or wrong, from every host that answered."""
-        try:
-            after = await self.fleet.each(lambda h: self.fleet.api(h, "GET", "/stats", within=EVIDENCE_TIMEOUT))
-            spent = spent_since(self.stats_before, after)
-        except FleetError:
-            spent = {}
+        spent = spent_since(self.stats_before, await stats_of_each(self.fleet))
         if stopped is not None and not stopped.get("judged"):
             self.verdict = await self.checker.evidence(self.churn.truth)
         verdict = self.verdict  # the last phase's, taken when everything had converged
@@ -323,6 +319,18 @@ def why_stopped(exc: BaseException, step: str) -> dict[str, Any]:
     if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt):
         return {"step": step, "why": "interrupted"}
     return {"step": step, "why": f"harness error {type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+
+
+async def stats_of_each(fleet: Fleet) -> dict[str, Any]:
+    """Every host's /stats that answered: one stopped agent must not take the others' figures."""
+
+    async def of(host: str) -> Any:
+        try:
+            return await fleet.api(host, "GET", "/stats", within=EVIDENCE_TIMEOUT)
+        except FleetError:
+            return None
+
+    return {h: s for h, s in (await fleet.each(of)).items() if s is not None}
 
 
 def spent_since(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, float]]:

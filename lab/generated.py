@@ -24,9 +24,9 @@ from typing import Any
 from gossip_agent.sim.partitions import partition
 from gossip_agent.sim.schedule import TABLE, Knobs, Schedule, Step, generate
 
-from .checker import Checker, latency_summary, wait_for
+from .checker import EVIDENCE_TIMEOUT, Checker, latency_summary, wait_for
 from .churn import Churn
-from .experiment import EVIDENCE_TIMEOUT, STOPS, Say, harness_cost, run_published, spent_since, why_stopped
+from .experiment import STOPS, Say, harness_cost, run_published, spent_since, stats_of_each, why_stopped
 from .fleet import ApiRefused, Fleet, FleetError
 from .history import History, Truth, Version
 from .inventory import load
@@ -256,11 +256,7 @@ class GeneratedRun:
         if stopped is not None:
             verdict = await self.checker.evidence(self.churn.truth)
         verdict["latency_s"] = latency_summary([s for _, s in self.checker.latency_by_key])
-        try:
-            stats = await self.fleet.each(lambda h: self.fleet.api(h, "GET", "/stats", within=EVIDENCE_TIMEOUT))
-        except FleetError:
-            stats = {}
-        spent = spent_since({}, stats)
+        spent = spent_since({}, await stats_of_each(self.fleet))
         return {
             "mode": "lab",
             "valid": stopped is None and verdict["valid"],
