@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: setup test tests lint sim bench nightly demo clean vopr
 
 # Debian packages the lab needs on the controller; installed only when missing (needs root).
-APT_PACKAGES := python3 python3-venv openssh-server openssh-client iproute2 nftables util-linux
+APT_PACKAGES := python3 python3-venv openssh-server openssh-client iproute2 iputils-ping nftables util-linux
 SYSTEM_STAMP := $(VENV)/.system
 
 $(SYSTEM_STAMP):
