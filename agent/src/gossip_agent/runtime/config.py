@@ -47,12 +47,18 @@ class AgentConfig:
     metrics_addr: tuple[str, int] | None
     log_level: str
     log_format: str
+    # This host's number in the lab (0-65535): the container addresses it hands out derive from
+    # it. None: the host makes no containers.
+    host_index: int | None = None
+    containers_per_host: int = 64  # container slots per host and network (2-65536)
+    dataplane_reconcile_interval: float = 30.0  # seconds between checks of the kernel's fdb/neigh
     source: str = field(default="<defaults>")
 
 
 KNOWN = {
     "node_name", "bind_addr", "advertise_addr", "port", "seeds", "networks", "profile", "protocol",
     "keyring_file", "state_dir", "api_socket", "metrics_addr", "log_level", "log_format",
+    "host_index", "containers_per_host", "dataplane_reconcile_interval",
 }  # fmt: skip
 
 
@@ -81,6 +87,12 @@ def _host_port(source: str, name: str, value: Any, default_port: int) -> tuple[s
     if not port.isdigit():
         raise _err(source, name, value, "ADDRESS[:PORT], e.g. 198.18.0.11:7946")
     return _ip(source, name, host), _port(source, name, int(port))
+
+
+def _int(source: str, name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _err(source, name, value, f"an integer {low}-{high}")
+    return value
 
 
 def _path(source: str, name: str, value: Any) -> Path:
@@ -160,6 +172,10 @@ def parse(data: Any, source: str = "<config>") -> AgentConfig:
     log_format = data.get("log_format", "text")
     if log_format not in ("text", "json"):
         raise _err(source, "log_format", log_format, "text or json")
+    host_index = data.get("host_index")
+    reconcile = data.get("dataplane_reconcile_interval", 30.0)
+    if isinstance(reconcile, bool) or not isinstance(reconcile, int | float) or not 0.1 <= reconcile <= 86400:
+        raise _err(source, "dataplane_reconcile_interval", reconcile, "seconds between 0.1 and 86400")
     return AgentConfig(
         node_name=name,
         bind_addr=bind,
@@ -175,6 +191,9 @@ def parse(data: Any, source: str = "<config>") -> AgentConfig:
         metrics_addr=None if metrics is None else _host_port(source, "metrics_addr", metrics, 9946),
         log_level=log_level,
         log_format=log_format,
+        host_index=None if host_index is None else _int(source, "host_index", host_index, 0, 65535),
+        containers_per_host=_int(source, "containers_per_host", data.get("containers_per_host", 64), 2, 65536),
+        dataplane_reconcile_interval=float(reconcile),
         source=source,
     )
 
