@@ -1,5 +1,6 @@
-"""Containers: address blocks, names and MACs; namespaces and veths made and removed in a
-throwaway namespace that stands in for a host, with a stub of the agent's API.
+"""`ctl container`: address blocks, names and MACs; namespaces and veths made and removed in a
+throwaway namespace that stands in for a host (with a stub of the agent's API); the clear errors of
+the command line; and the whole path through a real agent.
 
 Container namespaces are named globally (/run/netns), so these tests use VXLAN ids 16777101-16777199,
 which no lab uses, refuse to start when a namespace of theirs already exists, and remove exactly what
@@ -19,10 +20,11 @@ from typing import Any
 
 import pytest
 
+from gossip_agent.cli import main
 from gossip_agent.runtime import containers as ct
 from gossip_agent.runtime.client import ApiFailure
 
-from .agents import wait_for
+from .agents import AgentProcess, Cluster, wait_for
 
 VTEP = "198.18.250.1"
 
@@ -321,3 +323,86 @@ def test_two_hundred_containers_in_one_call(make_host):
     print(f"\ncreated 200 containers in {result['seconds']:.2f} s ({result['rate']:.0f}/s); "
           f"deleted them in {time.monotonic() - started:.2f} s")  # fmt: skip
     assert (ours(vxlan_id), agent.table) == ([], {})
+
+
+# === the command line and a real agent ===========================================================
+
+
+def test_ctl_container_needs_root(monkeypatch, capsys):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert main(["ctl", "--socket", "/nonexistent.sock", "container", "create", "net"]) == 2
+    assert (
+        capsys.readouterr().err == "gossip-agent: error: containers need root: they are network namespaces and veths\n"
+    )
+
+
+@pytest.mark.daemon
+def test_ctl_container_mistakes_are_one_line_and_exit_2(tmp_path, root):
+    cluster = Cluster(tmp_path, 203)
+    agent = cluster.add("solo", 1, networks=[{"id": "plain"}], seeds=[])
+    try:
+        agent.start()
+        cases = [
+            (["create", "plain"], "network 'plain' has no vxlan_id: set networks[].vxlan_id in the agent config"),
+            (["create", "nope", "--count", "3"], "network 'nope' is not attached on this host (attached: plain)"),
+            (["delete", "plain"], "say which containers to delete: --count N, --all or NAME..."),
+            (["list", "nope"], "network 'nope' is not attached on this host (attached: plain)"),
+        ]
+        for args, message in cases:
+            result = agent.ctl("container", *args)
+            assert (result.returncode, result.stdout) == (2, ""), args
+            assert result.stderr == f"gossip-agent: error: {message}\n", args
+        listing = agent.ctl("container", "list")
+        assert (listing.returncode, listing.stdout) == (0, "(none)\n")
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.daemon
+def test_end_to_end_with_a_real_agent_in_a_host_namespace(tmp_path, make_host):
+    vxlan_id = 16777105
+    host = make_host(vxlan_id, bridge_kind=None)  # the agent makes the bridge
+    underlay = ["link add ul0 type veth peer name ul1", f"addr add {VTEP}/24 dev ul0", "link set ul0 up"]
+    ct.ip_batch([*underlay, "link set ul1 up"], host)
+    agent = AgentProcess(tmp_path, "h1", VTEP, {
+        "seeds": [], "host_index": 2,
+        "networks": [{"id": "ctnet", "vxlan_id": vxlan_id, "subnet": "198.19.253.0/24"}],
+    })  # fmt: skip
+    in_host = ["nsenter", f"--net=/run/netns/{host}", sys.executable, "-m", "gossip_agent.cli"]
+
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [*in_host, "ctl", "--socket", agent.socket, *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+    log = open(agent.dir / "agent.log", "ab")  # noqa: SIM115 - handed to the child
+    agent.process = subprocess.Popen([*in_host, "run", "--config", str(agent.config)], stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    log.close()
+    try:
+        wait_for(agent.ready, 20, "the agent in the host namespace to answer")
+        if "host_index" not in agent.api("GET", "/health") or "dataplane" not in agent.api("GET", "/networks")[0]:
+            pytest.skip("waits for the data plane API")
+        wait_for(lambda: agent.api("GET", "/networks")[0]["dataplane"] == "on", 20, "the data plane to be on")
+        wait_for(lambda: f"gbr-{vxlan_id}" in ct.link_names(host), 20, "the agent to make the bridge")
+        created = ctl("container", "create", "ctnet", "--count", "3")
+        assert created.returncode == 0, created.stderr + agent.log()[-2000:]
+        assert created.stdout.startswith("created 3 containers in ctnet in ")
+        names = [f"gc-{vxlan_id}-{i}" for i in (1, 2, 3)]
+        assert ours(vxlan_id) == names
+        entries = agent.api("GET", "/networks/ctnet/entries")["entries"]
+        assert {(e["table"], e["key"], e["value"]) for e in entries} == {
+            ("overlay", f"198.19.253.{128 + i}", ct.endpoint_value(n, f"02:42:c6:13:fd:{128 + i:02x}", VTEP))
+            for i, n in enumerate(names, 1)
+        }
+        listing = ctl("--json", "container", "list")
+        assert listing.returncode == 0, listing.stderr
+        assert [(r["name"], r["registered"], r["namespace"]) for r in json.loads(listing.stdout)] == [
+            (n, True, True) for n in names
+        ]
+        deleted = ctl("container", "delete", "ctnet", "--all")
+        assert deleted.returncode == 0, deleted.stderr
+        assert ours(vxlan_id) == []
+        assert agent.keys("ctnet") == set()
+    finally:
+        agent.stop()
+        print(agent.log()[-2000:])

@@ -256,6 +256,29 @@ def add_ctl_parser(sub: Any) -> None:
     fault.add_argument("peer", nargs="?", help="peer address")
     fault.add_argument("--drop", type=float, default=0.0, help="loss probability 0-1")
     fault.add_argument("--delay-ms", type=float, default=0.0, help="added delay in ms")
+    add_container_parser(verbs)
+
+
+def add_container_parser(verbs: Any) -> None:
+    container = verbs.add_parser(
+        "container",
+        help="containers: namespaces on a network's bridge whose endpoints the agent gossips (root)",
+        description="A container is a network namespace gc-VXLANID-I with a veth into the network's bridge "
+        "gbr-VXLANID, an address and MAC from this host's block of the network's subnet, and its endpoint "
+        "registered in the agent's overlay table. Mistakes exit 2, a failure midway exits 1 (having removed "
+        "what it made).",
+    )
+    actions = container.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="make containers at the lowest free addresses; all or nothing")
+    create.add_argument("network")
+    create.add_argument("--count", type=_positive_int, default=1, help="how many (default 1)")
+    delete = actions.add_parser("delete", help="withdraw containers' endpoints, then remove their namespaces")
+    delete.add_argument("network")
+    delete.add_argument("names", nargs="*", metavar="NAME", help="containers to delete, e.g. gc-4097-3")
+    delete.add_argument("--count", type=_positive_int, help="the N highest-numbered containers")
+    delete.add_argument("--all", action="store_true", help="every container of the network on this host")
+    listing = actions.add_parser("list", help="this host's containers and whether their endpoints are registered")
+    listing.add_argument("network", nargs="?", help="one network (default: all)")
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -298,6 +321,35 @@ def _churn(args: argparse.Namespace, call: Any) -> dict[str, Any]:
     }
 
 
+def _container(args: argparse.Namespace, call: Any) -> int:
+    from .runtime import containers
+
+    def progress(text: str) -> None:
+        print(f"  ... {text}", file=sys.stderr, flush=True)
+
+    try:
+        if args.action == "create":
+            result: Any = containers.create(call, args.network, args.count, progress=progress)
+            line = (f"created {len(result['created'])} containers in {args.network} in {result['seconds']:.2f} s "
+                    f"({result['rate']:.0f}/s)")  # fmt: skip
+        elif args.action == "delete":
+            result = containers.delete(call, args.network, args.count, args.names, args.all)
+            line = (f"deleted {len(result['deleted'])} containers of {args.network} ({result['endpoints']} endpoints "
+                    f"withdrawn) in {result['seconds']:.2f} s")  # fmt: skip
+        else:
+            result = containers.list_containers(call, args.network)
+            shown = [{**row, "registered": "yes" if row["registered"] else "no",
+                      "namespace": "yes" if row["namespace"] else "missing"} for row in result]  # fmt: skip
+            line = _table(shown, ["name", "network", "ip", "mac", "registered", "namespace"])
+    except containers.ContainerError as exc:
+        raise CliError(str(exc)) from None
+    except containers.ContainerFailure as exc:
+        print(f"gossip-agent: error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2) if args.json else line)
+    return 0
+
+
 def run_ctl(args: argparse.Namespace) -> int:
     from .runtime.client import ApiFailure, ApiUnavailable
     from .runtime.client import call as api_call
@@ -311,6 +363,8 @@ def run_ctl(args: argparse.Namespace) -> int:
         if verb == "keys" and args.action == "generate":
             print(new_key())
             return 0
+        if verb == "container":
+            return _container(args, call)
         if verb in ("health", "members", "networks", "stats"):
             result = call("GET", f"/{verb}")
         elif verb == "metrics":
