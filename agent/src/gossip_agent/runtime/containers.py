@@ -261,11 +261,13 @@ def _make(net: Network, made: Sequence[Container], host_netns: str | None, progr
         host_side.append(f"link add {c.veth} type veth peer name eth0 address {c.mac} netns {c.name}")
         host_side.append(f"link set {c.veth} master {net.bridge} up")
     ip_batch(host_side, host_netns)
-    prefix = net.subnet.prefixlen
+
+    def inside(c: Container) -> list[str]:
+        return [f"addr add {c.address}/{net.subnet.prefixlen} dev eth0", "link set eth0 up", "link set lo up"]
+
     started = reported = time.monotonic()
     with ThreadPoolExecutor(CONFIGURE_WORKERS) as pool:
-        inside = [f"addr add {{}}/{prefix} dev eth0", "link set eth0 up", "link set lo up"]
-        futures = [pool.submit(ip_batch, [inside[0].format(c.address), *inside[1:]], c.name) for c in made]
+        futures = [pool.submit(ip_batch, inside(c), c.name) for c in made]
         try:
             for done, future in enumerate(futures, 1):
                 future.result()
