@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 
 from gossip_agent.core.wire import TableEvent
-from gossip_agent.runtime.config import ConfigError, load, parse
+from gossip_agent.runtime.config import ConfigError, NetworkConfig, load, parse
 from gossip_agent.runtime.crypto import AuthError, Keyring, KeyringError, ReplayError, decode_key, new_key
 from gossip_agent.runtime.store import Journal
 
@@ -126,7 +126,7 @@ def test_journal_keeps_own_entries_and_tombstones(tmp_path):
     assert events["k2"].deleted
     assert reopened.meta("lamport") == 5
     assert reopened.meta("incarnation") == 2
-    assert reopened.networks() == ["api-net"]
+    assert reopened.networks() == [NetworkConfig("api-net")]
     assert [e.key for e in reopened.load(now_ms=1000 + 61_000, tombstone_ttl=60)] == ["k1"]  # tombstone expired
 
 

@@ -9,6 +9,7 @@ serves GET /metrics only, with a small head and no body.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -98,7 +99,13 @@ def node_metrics(agent: Agent) -> bytes:
             dropped.add_metric([key[8:]], value)
         else:
             other.add_metric([key], value)
-    families = [members, entries, queue, events, dropped, other]
+    dataplane = agent.dataplane.stats()
+    programming = CounterMetricFamily("gossip_dataplane", "VXLAN data plane operations", labels=["counter"])
+    for key in ("programmed", "removed", "corrections", "errors", "bad_values"):
+        programming.add_metric([key], dataplane[key])
+    pending = GaugeMetricFamily("gossip_dataplane_pending", "Kernel entries waiting to be programmed")
+    pending.add_metric([], dataplane["pending"])
+    families = [members, entries, queue, events, dropped, other, programming, pending]
 
     class Snapshot:
         def collect(self) -> Any:
@@ -306,6 +313,9 @@ class Api:
                 "members_alive": node.membership.alive_count,
                 "networks": sorted(node.networks),
                 "pid": os.getpid(),
+                "advertise_addr": self.agent.config.advertise_addr,
+                "host_index": self.agent.config.host_index,
+                "containers_per_host": self.agent.config.containers_per_host,
             },
         )
 
@@ -319,17 +329,31 @@ class Api:
         ]  # fmt: skip
 
     def networks(self, **_: Any) -> list[dict[str, Any]]:
-        node = self.agent.node
+        agent, node = self.agent, self.agent.node
         return [
             {"network": name, "members": sorted([node.name, *node.peers_in(name)]),
              "entries": state.table.live, "queue": len(state.queue),
-             "digest": f"{state.table.digest:016x}"}
+             "digest": f"{state.table.digest:016x}",
+             "vxlan_id": agent.network_params[name].vxlan_id, "subnet": agent.network_params[name].subnet,
+             "dataplane": agent.dataplane.network_state(name)}
             for name, state in sorted(node.networks.items())
         ]  # fmt: skip
 
     def attach(self, body: Any, **_: Any) -> dict[str, Any]:
         network = _name(_require(body, "network", str), "network")
-        self.agent.attach(network)
+        vxlan_id = body.get("vxlan_id")
+        if vxlan_id is not None and (isinstance(vxlan_id, bool) or not isinstance(vxlan_id, int)
+                                     or not 1 <= vxlan_id < 2**24):  # fmt: skip
+            raise ApiError(400, f"body.vxlan_id: {vxlan_id!r}: expected a VXLAN id 1-16777215")
+        subnet = body.get("subnet")
+        if subnet is not None:
+            try:
+                subnet = str(ipaddress.IPv4Network(subnet)) if isinstance(subnet, str) else None
+            except ValueError:
+                subnet = None
+            if subnet is None:
+                raise ApiError(400, f"body.subnet: {body['subnet']!r}: expected an IPv4 CIDR such as 198.19.1.0/24")
+        self.agent.attach(network, vxlan_id, subnet)
         return {"attached": network}
 
     def detach(self, network: str, **_: Any) -> dict[str, Any]:
@@ -392,6 +416,7 @@ class Api:
                 "cluster": node.cluster_queue.dropped,
                 **{n: s.queue.dropped for n, s in node.networks.items()},
             },
+            "dataplane": self.agent.dataplane.stats(),
         }
 
     def _keyring(self) -> Any:

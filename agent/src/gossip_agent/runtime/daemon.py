@@ -1,4 +1,4 @@
-"""Runs one Node for real: sockets, timers, the journal, signals and a graceful leave.
+"""Runs one Node for real: sockets, timers, the journal, the data plane, signals and a graceful leave.
 
 The node is a pure state machine; `_pump` moves what it produced onto the wire and re-arms the one
 timer at the node's next deadline. Every input path (datagram, stream, API call, timer) ends in a
@@ -20,8 +20,9 @@ from ..core.errors import LocalProtocolError
 from ..core.membership import State
 from ..core.node import Node, StreamRequest
 from ..core.table import Change
-from .config import AgentConfig
+from .config import AgentConfig, NetworkConfig
 from .crypto import Keyring
+from .dataplane import Dataplane
 from .store import Journal
 from .transport import LinkFault, Transport
 
@@ -71,6 +72,14 @@ class Agent:
         self.journal.set_meta("incarnation", self._saved_incarnation)  # the next life starts above it
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stopping = asyncio.Event()
+        self.network_params: dict[str, NetworkConfig] = {}  # of every attached network
+        self.dataplane = Dataplane(
+            config.node_name,
+            config.advertise_addr,
+            config.dataplane_reconcile_interval,
+            self._settled,
+            self.loop,
+        )
 
     # --- clocks ---------------------------------------------------------------------------------
 
@@ -125,7 +134,9 @@ class Agent:
         for request in node.take_streams():
             self._spawn(self._stream(request))
         for change in node.take_changes():
-            if not isinstance(change, Change) and change.after == State.SUSPECT:
+            if isinstance(change, Change):
+                self.dataplane.on_change(change.network, change.table, change.key, change.after, change.at)
+            elif change.after == State.SUSPECT:
                 node.count("member_suspected")
         if node.membership.incarnation != self._saved_incarnation:
             self._saved_incarnation = node.membership.incarnation
@@ -150,15 +161,47 @@ class Agent:
 
     # --- API operations (called by api.py) -----------------------------------------------------------
 
-    def attach(self, network: str) -> None:
-        self.node.attach(network, self.now())
-        self.journal.attached(network)
+    def attach(self, network: str, vxlan_id: int | None = None, subnet: str | None = None) -> None:
+        """Join a network; vxlan_id and subnet, when not given, come from the config's entry."""
+        held = self.network_params.get(network)
+        if held is not None:
+            for name, given, value in (("vxlan_id", vxlan_id, held.vxlan_id), ("subnet", subnet, held.subnet)):
+                if given is not None and given != value:
+                    raise LocalProtocolError(f"network {network!r} is attached with {name} {value}: detach it first")
+        else:
+            self.node.attach(network, self.now())
+            self._program(self._params(NetworkConfig(network, vxlan_id, subnet)))
+        self.journal.attached(network, vxlan_id, subnet)
         self._pump()
 
     def detach(self, network: str) -> None:
         self.node.detach(network, self.now(), self.wall_ms())
         self.journal.detached(network)
+        self.network_params.pop(network, None)
+        self.dataplane.detach(network)  # the node drops the table whole: no change says so
         self._pump()
+
+    def _params(self, given: NetworkConfig) -> NetworkConfig:
+        """What was given (through the API, or saved from it), the config's entry for the rest."""
+        configured = next((n for n in self.config.networks if n.id == given.id), NetworkConfig(given.id))
+        return NetworkConfig(
+            given.id,
+            configured.vxlan_id if given.vxlan_id is None else given.vxlan_id,
+            configured.subnet if given.subnet is None else given.subnet,
+        )
+
+    def _program(self, params: NetworkConfig) -> None:
+        self.network_params[params.id] = params
+        table = self.node.networks[params.id].table
+        entries = (e.event for e in table.visible())
+        self.dataplane.attach(params.id, params.vxlan_id, params.subnet, entries, self.now())
+
+    def _settled(self, network: str) -> bool:
+        """Whether the network's table holds what its members have: joined (or alone) and synced
+        once (or the only member). Until then the data plane removes nothing it finds."""
+        state = self.node.networks.get(network)
+        joined = bool(self.node.stats.get("joined")) or not self.other_seeds()
+        return state is not None and joined and (state.own_synced or not self.node.peers_in(network))
 
     def write(self, network: str, items: Iterable[tuple[str, str, bytes]]) -> int:
         """Create or update a batch of own entries; all or nothing is validated before writing."""
@@ -211,12 +254,16 @@ class Agent:
 
     async def run(self, on_ready: Any = None) -> int:
         await self.transport.start()
-        for network in sorted({n.id for n in self.config.networks} | set(self.journal.networks())):
+        saved = {n.id: n for n in self.journal.networks()}
+        for network in sorted({n.id for n in self.config.networks} | set(saved)):
             self.node.attach(network, self.now())
         own = self.journal.load(self.wall_ms(), self.config.protocol.tombstone_ttl)
         if own:
             self.node.restore(own, self.now(), self.wall_ms())
             log.info("restored %d own entries from the journal", len(own))
+        for network in sorted(self.node.networks):  # restore may have attached one more
+            self._program(self._params(saved.get(network, NetworkConfig(network))))
+        self.dataplane.start()
         self._pump()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stopping.set)
@@ -246,4 +293,5 @@ class Agent:
         for task in list(self._tasks):
             task.cancel()
         await self.transport.close()
+        self.dataplane.stop()
         self.journal.close()

@@ -1,5 +1,5 @@
-"""Sqlite journal (WAL) of the entries this host owns, the networks it joined through the API,
-its Lamport time and incarnation.
+"""Sqlite journal (WAL) of the entries this host owns, the networks it joined through the API
+(with the vxlan_id and subnet given there), its Lamport time and incarnation.
 
 Everything else is soft state rebuilt from peers. Deletes are kept as tombstones until the
 tombstone TTL: after a crash they are re-announced too, so a peer that missed the delete cannot
@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..core.wire import TableEvent
+from .config import NetworkConfig
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -23,6 +24,11 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS networks (name TEXT PRIMARY KEY);
 """
+# Schema changes, applied in order to a journal at user_version i (new journals go through all:
+# one path for old and new). Only append.
+MIGRATIONS = [
+    "ALTER TABLE networks ADD COLUMN vxlan_id INTEGER; ALTER TABLE networks ADD COLUMN subnet TEXT;",
+]
 
 
 class Journal:
@@ -33,6 +39,9 @@ class Journal:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process crash
         self.db.executescript(SCHEMA)
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            self.db.executescript(f"BEGIN; {script} PRAGMA user_version = {number}; COMMIT;")
 
     def record(self, events: Iterable[TableEvent]) -> None:
         """Journal own writes (one transaction for a whole batch)."""
@@ -51,9 +60,14 @@ class Journal:
         )
         self.db.execute("COMMIT")
 
-    def attached(self, network: str) -> None:
-        """Networks attached through the API are re-attached after a restart, like the config's."""
-        self.db.execute("INSERT OR IGNORE INTO networks VALUES (?)", (network,))
+    def attached(self, network: str, vxlan_id: int | None = None, subnet: str | None = None) -> None:
+        """Networks attached through the API are re-attached after a restart, like the config's,
+        with the parameters given then (None: the config's, if any, apply)."""
+        self.db.execute(
+            "INSERT INTO networks (name, vxlan_id, subnet) VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE SET "
+            "vxlan_id=coalesce(excluded.vxlan_id, vxlan_id), subnet=coalesce(excluded.subnet, subnet)",
+            (network, vxlan_id, subnet),
+        )
 
     def detached(self, network: str) -> None:
         self.db.execute("BEGIN")
@@ -61,8 +75,9 @@ class Journal:
         self.db.execute("DELETE FROM entries WHERE network = ?", (network,))
         self.db.execute("COMMIT")
 
-    def networks(self) -> list[str]:
-        return [row[0] for row in self.db.execute("SELECT name FROM networks ORDER BY name")]
+    def networks(self) -> list[NetworkConfig]:
+        rows = self.db.execute("SELECT name, vxlan_id, subnet FROM networks ORDER BY name")
+        return [NetworkConfig(name, vxlan_id, subnet) for name, vxlan_id, subnet in rows]
 
     def set_meta(self, name: str, value: int) -> None:
         self.db.execute(
