@@ -21,7 +21,7 @@ import pytest
 from gossip_agent.core.wire import TableEvent
 from gossip_agent.runtime.client import ApiFailure
 from gossip_agent.runtime.config import ConfigError, NetworkConfig, parse
-from gossip_agent.runtime.dataplane import DesiredNetwork, parse_endpoint
+from gossip_agent.runtime.dataplane import DesiredNetwork, neighbour_message, parse_endpoint, parse_neighbours
 from gossip_agent.runtime.store import Journal
 
 from .agents import AgentProcess, wait_for
@@ -111,6 +111,19 @@ def test_desired_state_an_ip_that_changes_mac():
 def test_bad_overlay_values_are_refused(key, value):
     event = TableEvent("blue", "overlay", key, value, "h2", 1, 0, False)
     assert parse_endpoint(event, ipaddress.ip_network("198.19.0.0/16")) is None
+
+
+def test_neighbour_messages_read_back_as_the_kernel_would_dump_them():
+    fdb = neighbour_message(7, "fdb", 12, MAC_A, "198.18.0.2")
+    neigh = neighbour_message(8, "neigh", 12, "198.19.42.1", MAC_A)
+    entries, done = parse_neighbours(fdb + neigh + neighbour_message(9, "fdb", 12, MAC_B, None), 7)
+    assert not done
+    assert [(e.ifindex, e.flags, e.attributes[1], e.attributes[2].hex(":")) for e in entries] == [
+        (12, 2, bytes([198, 18, 0, 2]), MAC_A)  # NTF_SELF, NDA_DST, NDA_LLADDR
+    ]
+    assert parse_neighbours(neigh, 8)[0][0].attributes == {1: bytes([198, 19, 42, 1]), 2: bytes.fromhex("0242c6132a01")}
+    with pytest.raises(OSError, match="malformed"):
+        parse_neighbours(bytes(16), 1)
 
 
 @pytest.mark.parametrize(
