@@ -101,6 +101,17 @@ class Routes:
     def vtep(self, host: str) -> str:
         return self.fleet.hosts[host].address
 
+    async def ready(self) -> bool:
+        """Every member's data plane is on for its networks (the agent makes the devices in the
+        background after an attach)."""
+
+        async def on(host: str) -> bool:
+            networks = await self.fleet.api(host, "GET", "/networks")
+            state = {n["network"]: n.get("dataplane") for n in networks}
+            return all(state.get(n) == "on" for n, hosts in self.members.items() if host in hosts and n in self.vxlan)
+
+        return all((await self.fleet.each(on)).values())
+
     async def kernel(self, host: str) -> dict[str, Kernel]:
         """The host's remote entries of each of its networks, one SSH command for all."""
         networks = [n for n, hosts in self.members.items() if host in hosts and n in self.vxlan]
