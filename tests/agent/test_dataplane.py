@@ -380,6 +380,14 @@ def test_bad_values_and_api_attach_that_survives_a_restart(lab):
     h1.api("DELETE", "/networks/red")
     wait_for(lambda: not {"gvx-7", "gbr-7"} & links(lab, "h1"), 5, "gvx-7 and gbr-7 removed")
     assert {"gvx-42", "gbr-42"} <= links(lab, "h1")
+    # Devices of a network no longer attached (its removal lost with the last life) are removed
+    # at the next start; those of attached networks stay.
+    h1.stop()
+    sh("ip", "-n", lab.ns("h1"), "link", "add", "gbr-9", "type", "bridge")
+    sh("ip", "-n", lab.ns("h1"), "link", "add", "gvx-9", "type", "vxlan", "id", "9", "dstport", "4789")
+    h1.start()
+    wait_for(lambda: not {"gvx-9", "gbr-9"} & links(lab, "h1"), 10, "the leftover gvx-9 and gbr-9 removed")
+    assert {"gvx-42", "gbr-42"} <= links(lab, "h1")
 
 
 def fdb_text(lab: Lab, host: str, vxlan_id: int) -> str:

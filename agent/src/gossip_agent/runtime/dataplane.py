@@ -50,6 +50,7 @@ Kind = Literal["fdb", "neigh"]
 PendingKey = tuple[int, Kind, str]  # (vxlan id, kind, MAC or IP)
 Op = tuple[int, Kind, str, str | None]  # (vxlan id, kind, MAC or IP, vtep or MAC; None: delete)
 MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+DEVICE = re.compile(r"^g(?:vx|br)-(\d{1,8})$")  # our bridges and vxlan devices
 
 # Netlink (linux/netlink.h, linux/rtnetlink.h, linux/neighbour.h): a stable kernel ABI.
 NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port
@@ -548,7 +549,14 @@ class Dataplane:
             self._log_once(f"data plane {self.state}; the agent runs as a control plane only")
             return
         self._started = True
-        if self.networks:
+        # Devices of networks no longer attached (detached just before the last life ended, with
+        # the removal still queued; dropped from the config) would keep routing to endpoints
+        # nobody updates: remove them. Listed by if_nameindex, which sees this network namespace.
+        leftovers = {int(m.group(1)) for _, name in socket.if_nameindex() if (m := DEVICE.match(name))}
+        for vxlan_id in sorted(leftovers - set(self._by_vxlan)):
+            log.info("removing %s, left by a network no longer attached", vxlan_name(vxlan_id))
+            self._control.append((lambda w, v=vxlan_id: w.remove(v), lambda _: None))
+        if self.networks or leftovers - set(self._by_vxlan):
             self._start_worker()
 
     def _start_worker(self) -> None:
