@@ -72,6 +72,7 @@ class Agent:
         self.journal.set_meta("incarnation", self._saved_incarnation)  # the next life starts above it
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stopping = asyncio.Event()
+        self._started = self.loop.time()
         self.network_params: dict[str, NetworkConfig] = {}  # of every attached network
         self.dataplane = Dataplane(
             config.node_name,
@@ -198,9 +199,14 @@ class Agent:
 
     def _settled(self, network: str) -> bool:
         """Whether the network's table holds what its members have: joined (or alone) and synced
-        once (or the only member). Until then the data plane removes nothing it finds."""
+        once (or the only member). Until then the data plane removes nothing it finds. A node
+        with no seed to ask (the cluster's only seed, restarted) has joined once another member
+        reached it, and counts as alone only after a push-pull interval without one: until the
+        others find it again, its empty view of the network would wipe routes in use."""
         state = self.node.networks.get(network)
-        joined = bool(self.node.stats.get("joined")) or not self.other_seeds()
+        found = self.node.membership.alive_count > 1
+        alone = self.now() - self._started > self.config.protocol.push_pull_interval
+        joined = bool(self.node.stats.get("joined")) or (not self.other_seeds() and (found or alone))
         return state is not None and joined and (state.own_synced or not self.node.peers_in(network))
 
     def write(self, network: str, items: Iterable[tuple[str, str, bytes]]) -> int:
