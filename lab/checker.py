@@ -173,7 +173,7 @@ class Checker:
                 "bytes_out": {h: s["counters"].get("bytes_out", 0) for h, s in stats.items()},
                 "suspicions": since(self._suspected_before, self._suspected(stats))}  # fmt: skip
 
-    async def verdict(self, truth: Truth, left: set[str] = frozenset()) -> dict[str, Any]:
+    async def verdict(self, truth: Truth, left: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
         """Every member's table against the truth, key by key with owner and value; scope on
         every host. Hosts in `left` detached from a network during the run: the rumours still in
         flight to them are dropped there, which is the scope guard working, so their drops are

@@ -49,14 +49,17 @@ class Endpoint:
 class Kernel:
     """One vxlan device's remote entries as the kernel holds them."""
 
-    fdb: dict[str, str]  # MAC -> VTEP
+    fdb: dict[str, set[str]]  # MAC -> VTEPs (more than one: the device sends to each)
     neigh: dict[str, str]  # IP -> MAC (permanent entries)
 
 
 def parse_kernel(fdb_json: str, neigh_json: str) -> Kernel:
     """`bridge -j fdb show dev gvx-V` and `ip -j neigh show dev gvx-V`; entries without a remote
     (the device's own address, what the bridge learned) are not the agent's and not judged."""
-    fdb = {e["mac"]: e["dst"] for e in json.loads(fdb_json or "[]") if "dst" in e}
+    fdb: dict[str, set[str]] = {}
+    for e in json.loads(fdb_json or "[]"):
+        if "dst" in e:
+            fdb.setdefault(e["mac"], set()).add(e["dst"])
     neigh = {e["dst"]: e.get("lladdr", "") for e in json.loads(neigh_json or "[]") if "PERMANENT" in e.get("state", [])}
     return Kernel(fdb, neigh)
 
@@ -85,9 +88,10 @@ def judge(states: dict[str, set[Endpoint | None]], host_vtep: str, kernel: Kerne
         allowed_neigh.update((ip, e.mac) for e in remote)
         if len(possible) == 1 and remote:
             (e,) = remote
-            if kernel.fdb.get(e.mac) != e.vtep or kernel.neigh.get(ip) != e.mac:
+            if kernel.fdb.get(e.mac) != {e.vtep} or kernel.neigh.get(ip) != e.mac:
                 missing.append(ip)
-    stale = [f"fdb {mac} -> {vtep}" for mac, vtep in sorted(kernel.fdb.items()) if (mac, vtep) not in allowed_fdb]
+    stale = [f"fdb {mac} -> {vtep}" for mac, vteps in sorted(kernel.fdb.items()) for vtep in sorted(vteps)
+             if (mac, vtep) not in allowed_fdb]  # fmt: skip
     stale += [f"neigh {ip} -> {mac}" for ip, mac in sorted(kernel.neigh.items()) if (ip, mac) not in allowed_neigh]
     return {"missing": sorted(missing), "stale": stale}
 
@@ -162,18 +166,21 @@ class Routes:
         for i, (host, *_) in enumerate(pairs):
             by_host.setdefault(host, []).append(i)
 
-        async def run(host: str) -> dict[int, bool]:
+        async def run(host: str) -> dict[int, tuple[bool, float]]:
             jobs = " ".join(
                 f"(ip netns exec {shlex.quote(pairs[i][1].container)} ping -c 1 -W {PING_WAIT} -q "
-                f"{shlex.quote(pairs[i][2])} >/dev/null 2>&1; echo {i} $?) &"
+                f"{shlex.quote(pairs[i][2])} >/dev/null 2>&1; echo {i} $? $(date +%s.%N)) &"
                 for i in by_host[host]
             )
             out = (await self.fleet.run(host, f"{jobs} wait")).stdout
-            return {int(i): rc == "0" for i, rc in (line.split() for line in out.splitlines() if line.strip())}
+            lines = (line.split() for line in out.splitlines() if line.strip())
+            return {int(i): (rc == "0", float(at)) for i, rc, at in lines}
 
-        answered: dict[int, bool] = {}
+        answered: dict[int, tuple[bool, float]] = {}
         for result in (await self.fleet.each(run, sorted(by_host))).values():
             answered.update(result)
+        # `at`: the host's wall clock when the ping ended (the answer, or giving up).
         return [{"from": h, "container": src.container, "to": ip, "must_answer": must,
-                 "answered": answered.get(i), "right": answered.get(i) is must}
+                 "answered": answered[i][0] if i in answered else None, "at": answered.get(i, (None, None))[1],
+                 "right": i in answered and answered[i][0] is must}
                 for i, (h, src, ip, must) in enumerate(pairs)]  # fmt: skip

@@ -42,7 +42,7 @@ def programmed(table: dict[str, Version | None], host: str) -> Kernel:
     for key, version in table.items():
         e = Endpoint.of(IP[key], version)
         if e is not None and e.vtep != VTEP[host]:
-            kernel.fdb[e.mac], kernel.neigh[e.ip] = e.vtep, e.mac
+            kernel.fdb[e.mac], kernel.neigh[e.ip] = {e.vtep}, e.mac
     return kernel
 
 
@@ -65,8 +65,13 @@ def test_what_a_correct_agent_programs_passes_and_any_change_fails(ops, host, da
     assert judge(states, VTEP[host], kernel) == {"missing": [], "stale": []}, (ops, table)
 
     # Left behind: a route to a container no state of the network has.
-    extra = Kernel({**kernel.fdb, "02:42:ff:ff:ff:ff": "198.18.0.9"}, dict(kernel.neigh))
+    extra = Kernel({**kernel.fdb, "02:42:ff:ff:ff:ff": {"198.18.0.9"}}, dict(kernel.neigh))
     assert judge(states, VTEP[host], extra)["stale"] == ["fdb 02:42:ff:ff:ff:ff -> 198.18.0.9"]
+    # A live container's MAC also sent to a second host: stale, and no longer right.
+    if kernel.fdb:
+        mac = sorted(kernel.fdb)[0]
+        twice = Kernel({**kernel.fdb, mac: kernel.fdb[mac] | {"198.18.0.9"}}, dict(kernel.neigh))
+        assert f"fdb {mac} -> 198.18.0.9" in judge(states, VTEP[host], twice)["stale"]
     # Taken away: a container surely on another host loses its neighbour entry.
     sure = [ip for ip, s in states.items() if len(s) == 1 and None not in s and next(iter(s)).vtep != VTEP[host]]
     if sure:
@@ -78,9 +83,9 @@ def test_own_containers_and_wrong_hosts_are_stale():
     ep = Endpoint("198.19.0.1", "02:42:c6:13:00:01", "198.18.0.1", "gc-1-1")
     states = {ep.ip: {ep}}
     # On its own host the bridge reaches it: an fdb entry there is stale.
-    assert judge(states, "198.18.0.1", Kernel({ep.mac: ep.vtep}, {}))["stale"] == [f"fdb {ep.mac} -> {ep.vtep}"]
+    assert judge(states, "198.18.0.1", Kernel({ep.mac: {ep.vtep}}, {}))["stale"] == [f"fdb {ep.mac} -> {ep.vtep}"]
     # Elsewhere, pointing at the wrong host: missing and stale.
-    verdict = judge(states, "198.18.0.2", Kernel({ep.mac: "198.18.0.3"}, {ep.ip: ep.mac}))
+    verdict = judge(states, "198.18.0.2", Kernel({ep.mac: {"198.18.0.3"}}, {ep.ip: ep.mac}))
     assert verdict == {"missing": [ep.ip], "stale": [f"fdb {ep.mac} -> 198.18.0.3"]}
 
 
@@ -91,5 +96,5 @@ def test_kernel_dumps_keep_only_remote_and_permanent_entries():
     neigh = json.dumps([{"dst": "198.19.1.5", "lladdr": "02:42:c6:13:01:05", "state": ["PERMANENT"]},
                         {"dst": "198.19.1.6", "lladdr": "02:42:c6:13:01:06", "state": ["STALE"]}])  # fmt: skip
     kernel = parse_kernel(fdb, neigh)
-    assert kernel.fdb == {"02:42:c6:13:01:05": "198.18.251.2"}
+    assert kernel.fdb == {"02:42:c6:13:01:05": {"198.18.251.2"}}
     assert kernel.neigh == {"198.19.1.5": "02:42:c6:13:01:05"}
