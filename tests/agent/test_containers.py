@@ -123,6 +123,7 @@ class StubAgent:
         self.network = {"network": "ctnet", "members": ["h1"], "vxlan_id": vxlan_id, "subnet": subnet,
                         "dataplane": dataplane}  # fmt: skip
         self.table: dict[str, str] = {}
+        self.foreign: dict[str, str] = {}  # address -> another node holding it as an endpoint
         self.refuse_writes = False
         self.posts = 0
 
@@ -134,9 +135,9 @@ class StubAgent:
         if path != "/networks/ctnet/entries":
             raise ApiFailure(404, f"network {path} not attached")
         if method == "GET":
-            return {
-                "entries": [{"table": "overlay", "key": k, "value": v, "owner": "h1"} for k, v in self.table.items()]
-            }
+            ours = [{"table": "overlay", "key": k, "value": v, "owner": "h1"} for k, v in self.table.items()]
+            theirs = [{"table": "overlay", "key": k, "value": "{}", "owner": o} for k, o in self.foreign.items()]
+            return {"entries": ours + theirs}
         if method == "POST":
             self.posts += 1
             if self.refuse_writes:
@@ -295,6 +296,12 @@ def test_user_mistakes_are_clear_and_change_nothing(make_host):
                        r"198.19.252.1-198.19.252.3 \(host_index 0, containers_per_host 4\)"):  # fmt: skip
         ct.create(agent, "ctnet", 4, host_netns=host)
     assert ours(vxlan_id) == []
+    agent.foreign = {"198.19.252.2": "h9"}  # h9 was given this host's host_index too
+    with pytest.raises(ct.ContainerError, match="198.19.252.2 of this host's block .* is an endpoint of h9: two hosts"):
+        ct.create(agent, "ctnet", 1, host_netns=host)
+    assert ours(vxlan_id) == []
+    assert agent.posts == 0
+    agent.foreign = {"198.19.252.9": "h9"}  # outside this host's block: its own business
     ct.create(agent, "ctnet", 3, host_netns=host)
     with pytest.raises(ct.ContainerError, match="0 of 3 addresses are free"):
         ct.create(agent, "ctnet", 1, host_netns=host)

@@ -298,6 +298,7 @@ def create(
     net = describe(call, network)
     if net.dataplane != "on":
         raise ContainerError(f"the data plane of network {network!r} is {net.dataplane}")
+    check_block_is_ours(call, net)
     started = time.monotonic()
     with host_lock():
         links = link_names(host_netns)
@@ -356,6 +357,19 @@ def _undo(call: ApiCall, net: Network, made: Sequence[Container]) -> str:
     except KernelError as exc:
         left.append(f"namespaces may remain: {exc}")
     return "; ".join(left)
+
+
+def check_block_is_ours(call: ApiCall, net: Network) -> None:
+    """Refuse when another node holds an endpoint in this host's block: two hosts share the
+    host_index (an inventory reordered, say), and registering would take over its containers'
+    addresses silently (the newer write of a key wins everywhere)."""
+    block = {str(net.container(i).address) for i in net.indices}
+    for entry in call("GET", f"/networks/{net.name}/entries")["entries"]:
+        if entry["table"] == TABLE and entry["owner"] != net.node and entry["key"] in block:
+            raise ContainerError(
+                f"address {entry['key']} of this host's block {net.block()} is an endpoint of {entry['owner']}: "
+                f"two hosts have host_index {net.host_index}; give each host its own (gossip_agent_host_index)"
+            )
 
 
 def own_endpoints(call: ApiCall, net: Network) -> dict[str, dict[str, str]]:
