@@ -44,6 +44,7 @@ BATCH_SIZE = 512  # kernel operations per job: their acks (~70 bytes each at wor
 LATENCY_WINDOW = 4096  # the most recent programming latencies kept for percentiles
 TICK = 1.0  # seconds between checks for a due reconcile
 ACK_TIMEOUT = 5.0  # seconds the worker waits for the kernel's acks of one batch
+REPAIR_DELAY = 2.0  # seconds from a failed kernel operation to the reconcile that repairs it
 CAP_NET_ADMIN = 12
 
 Kind = Literal["fdb", "neigh"]
@@ -749,6 +750,7 @@ class Dataplane:
         def applied(codes: Any) -> None:
             if isinstance(codes, Exception):
                 self.counters["errors"] += len(ops)
+                self._repair_soon()
                 return
             done_at = self.loop.time()
             for (_, _, _, value), at, code in zip(ops, learned, codes, strict=True):
@@ -756,10 +758,17 @@ class Dataplane:
                     self.counters["programmed" if value is not None else "removed"] += 1
                 elif value is not None or code != errno.ENOENT:  # removing what is gone is no error
                     self.counters["errors"] += 1
+                    self._repair_soon()
                     continue
                 self._latencies_ms.append(max(0.0, (done_at - at) * 1000))
 
         return (lambda w: w.apply(ops)), applied
+
+    def _repair_soon(self) -> None:
+        """A failed operation (a timeout, a full socket buffer, a device gone) is not retried by
+        itself: the reconcile, which programs the whole desired state, comes in REPAIR_DELAY
+        instead of up to reconcile_interval later, so a stale route does not live 30 s."""
+        self._next_reconcile = min(self._next_reconcile, self.loop.time() + REPAIR_DELAY)
 
     def _reconcile_job(self) -> tuple[Callable[[Worker], Any], Callable[[Any], None]]:
         skip: dict[int, set[tuple[Kind, str]]] = {}
