@@ -141,6 +141,12 @@ def test_config_mistakes_in_the_data_plane_fields(field, value, message):
         parse({"bind_addr": "198.18.250.1", field: value}, "agent.yaml")
 
 
+def test_config_wants_an_ipv4_subnet():
+    networks = [{"id": "a", "vxlan_id": 7, "subnet": "fd00::/64"}]
+    with pytest.raises(ConfigError, match=r"networks\[0\]\.subnet: 'fd00::/64': expected a subnet such as"):
+        parse({"bind_addr": "198.18.250.1", "networks": networks}, "agent.yaml")
+
+
 def test_config_data_plane_defaults():
     config = parse({"bind_addr": "198.18.250.1"})
     assert (config.host_index, config.containers_per_host, config.dataplane_reconcile_interval) == (None, 64, 30.0)

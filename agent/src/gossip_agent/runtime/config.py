@@ -146,7 +146,7 @@ def parse(data: Any, source: str = "<config>") -> AgentConfig:
         subnet = item.get("subnet")
         if subnet is not None:
             try:
-                subnet = str(ipaddress.ip_network(str(subnet)))
+                subnet = str(ipaddress.IPv4Network(str(subnet)))  # the data plane is IPv4, as the API's
             except ValueError:
                 raise _err(source, f"{where}.subnet", subnet, "a subnet such as 198.19.1.0/24") from None
         networks.append(NetworkConfig(net_id, vxlan, subnet))
