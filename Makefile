@@ -74,6 +74,8 @@ demo: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ansible-playbook playbooks/site.yml -e lab_size=$(LAB_SIZE)
 	@echo "== headline experiment: 10,000 endpoints in 3 networks, half of them during a halves partition, heal"
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m lab.experiment scenarios/experiments/headline.yaml --inventory inventories/local
+	@echo "== data plane: containers on two overlapping VXLAN networks; routes judged by every host's kernel and by pings"
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m lab.overlay --inventory inventories/local
 	@echo "(the lab stays up for the next run; remove it with: $(VENV)/bin/ansible-playbook playbooks/lab-down.yml)"
 
 clean:

@@ -22,6 +22,7 @@ from .history import Truth, Version
 
 TABLE = "overlay"  # the agent's data plane reads endpoints of this table only
 EXAMPLES = 5
+PINGS = 40  # sampled pings per kind (within a network, across networks)
 PING_WAIT = 2  # seconds one ping waits for its answer
 
 
@@ -158,6 +159,22 @@ class Routes:
                   for a in eps for b in others
                   if a.vtep in owner and b.ip not in {e.ip for e in eps}]  # fmt: skip
         return rng.sample(within, min(size, len(within))) + rng.sample(across, min(size, len(across)))
+
+    async def wrong_pings(
+        self, truth: Truth, rng: random.Random, size: int, deleted: dict[str, set[str]] | None = None
+    ) -> list[dict[str, Any]]:
+        """The sampled pings (`sample`), and pings from a live container of each network to the
+        addresses its deleted containers had (and no live one has again), which nothing may
+        answer: those that went wrong."""
+        pairs = self.sample(truth, rng, size)
+        owner = {self.vtep(h): h for h in self.fleet.hosts}
+        for network, addresses in sorted((deleted or {}).items()):
+            live = truth.keys(network)
+            states = endpoint_states(truth, network)
+            source = next((e for ip in sorted(live) for e in states[ip] if e is not None), None)
+            if source is not None:
+                pairs += [(owner[source.vtep], source, ip, False) for ip in sorted(addresses - live)[:size]]
+        return [r for r in await self.ping(pairs) if not r["right"]]
 
     async def ping(self, pairs: list[tuple[str, Endpoint, str, bool]]) -> list[dict[str, Any]]:
         """Send every ping (all of one source host at once, in one SSH command); each result says
