@@ -28,13 +28,14 @@ from gossip_agent.sim.options import CrashSpec, PartitionSpec, WorkloadSpec
 from gossip_agent.sim.partitions import Partition
 
 from . import report
-from .checker import EVIDENCE_TIMEOUT, Checker, WaitTimeout, latency_summary, percentile, since, wait_for
+from .checker import EVIDENCE_TIMEOUT, EXAMPLES, Checker, WaitTimeout, latency_summary, percentile, since, wait_for
 from .churn import Churn
-from .fleet import Fleet, FleetError
+from .fleet import CTL, Fleet, FleetError
 from .history import History, Truth
 from .inventory import Host, InventoryError, load
 from .nemesis import Nemesis, NemesisError
 from .playbook import ROOT
+from .routes import PINGS, Routes
 from .spec import Fault, Phase, Spec, SpecError
 from .spec import load as load_spec
 
@@ -67,12 +68,18 @@ class LabRun:
         self.members = spec.members(self.names)
         self.nemesis = Nemesis(fleet, self.rng.getrandbits(32))
         self.checker = Checker(fleet, self.members)
+        # With containers, networks get the data plane, and phases are judged by routes too.
+        overlay = spec.overlay() if spec.containers else {}
+        self.routes = Routes(fleet, self.members, {n: v for n, (v, _) in overlay.items()}) if overlay else None
+        self.attach = {n: {"network": n, **({"vxlan_id": v, "subnet": sn} if overlay else {})}
+                       for n, (v, sn) in (overlay or {n: (0, "") for n in self.members}).items()}  # fmt: skip
         self.history = History()  # churn batches and faults, one history as Jepsen keeps it
         self.churn = Churn(fleet, self.history, strict=False)
         self.created: dict[str, list[tuple[str, str, int]]] = {}  # network -> (writer, prefix, count) of phase 1
         self.samples: list[dict[str, Any]] = []
         self.latencies: list[float] = []  # per entry and member, each measured at its phase's end
         self.windows: list[dict[str, Any]] = []
+        self.marks: list[dict[str, Any]] = []  # moments the plots show: routes right, containers reachable
         self.started = 0.0
         self.stats_before: dict[str, Any] = {}
         self.verdict: dict[str, Any] = {}  # of the last phase that converged
@@ -89,10 +96,15 @@ class LabRun:
         for host, nets in attached.items():
             for net in nets:
                 if net["network"] in self.members:
+                    if net.get("vxlan_id") is not None:  # a previous run's containers go first
+                        await self.fleet.run(host, f"{CTL} container delete {net['network']} --all", check=False)
                     await self.fleet.api(host, "DELETE", f"/networks/{net['network']}")
         for network, hosts in self.members.items():
-            await self.fleet.each(lambda h, n=network: self.fleet.api(h, "POST", "/networks", {"network": n}), hosts)
+            body = self.attach[network]
+            await self.fleet.each(lambda h, b=body: self.fleet.api(h, "POST", "/networks", b), hosts)
         await wait_for(self.checker.membership_converged, 60, "every host to see every host alive")
+        if self.routes is not None:
+            await wait_for(self.routes.ready, 60, "the data plane on for every member")
         await wait_for(lambda: self.checker.converged(Truth()), 60, "empty networks on every member")
         await self.checker.baseline()
         self.stats_before = await self.fleet.each(lambda h: self.fleet.api(h, "GET", "/stats"))
@@ -171,6 +183,9 @@ class LabRun:
                     tasks.append(self.churn.create(writer, network, count, prefix, churn.rate))
                     if index == 0:
                         self.created.setdefault(network, []).append((writer, prefix, count))
+                if churn.containers:
+                    tasks.append(self.churn.create_containers(writer, network, churn.containers))
+            creates += churn.containers * len(writers)
             batches = self.created.get(network, [])
             removed = 0
             for (writer, prefix, made), count in zip(batches, split(deletes, len(batches) or 1), strict=False):
@@ -237,9 +252,16 @@ class LabRun:
             record["after_heal_s"] = round(converged - healed_at, 3)
         self.step = f"phase {phase.name}: waiting {phase.within:g} s for membership"
         await wait_for(self.checker.membership_converged, phase.within, f"{phase.name}: membership to converge")
+        if self.routes is not None:
+            since, label = (healed_at, "after_heal") if healed_at else (self.churn.last_write, "after_last_write")
+            await self._routes(phase, record, since, label)
         # Each phase's delivery latency, judged at its end: a later heal re-delivers withdrawn
         # entries and would stamp them anew. Its keys carry the phase: p<N>-<writer>-<i>.
         self.verdict = await self.checker.verdict(self.churn.truth)
+        if self.routes is not None:
+            self.verdict["routes"] = await self.routes.verdict(self.churn.truth)
+            self.verdict["wrong_pings"] = record.pop("wrong_pings")
+            self.verdict["valid"] &= self.verdict["routes"]["valid"] and not self.verdict["wrong_pings"]
         record["valid"] = self.verdict["valid"]
         mine = [s for key, s in self.checker.latency_by_key if key.startswith(f"p{index + 1}-")]
         self.latencies += mine
@@ -249,6 +271,27 @@ class LabRun:
         figures = [f"{k[:-2].replace('_', ' ')} {v:.2f} s" for k, v in record.items() if k.startswith("after")]
         self.log(f"{phase.name}: converged, " + ", ".join(figures))
         return record
+
+    async def _routes(self, phase: Phase, record: dict[str, Any], since: float, label: str) -> None:
+        """Wait for every host's routes to match the tables, then for sampled pings to answer
+        within each network and never across; record when each happened, and the pings that
+        were still wrong at the deadline."""
+        assert self.routes is not None
+        routes = self.routes
+        self.step = f"phase {phase.name}: waiting {phase.within:g} s for every host's routes"
+        await wait_for(lambda: routes.converged(self.churn.truth), phase.within, f"{phase.name}: routes to converge")
+        record[f"routes_{label}_s"] = round(time.monotonic() - since, 3)
+        self.marks.append({"label": f"{phase.name}: routes right", "t": time.monotonic() - self.started})
+        self.step = f"phase {phase.name}: pinging between containers"
+        deadline = time.monotonic() + phase.within
+        wrong = await routes.wrong_pings(self.churn.truth, self.rng, PINGS)
+        while wrong and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            wrong = await routes.wrong_pings(self.churn.truth, self.rng, PINGS)
+        if not wrong:
+            record[f"reachable_{label}_s"] = round(time.monotonic() - since, 3)
+            self.marks.append({"label": f"{phase.name}: reachable", "t": time.monotonic() - self.started})
+        record["wrong_pings"] = wrong[:EXAMPLES]
 
     async def run(self) -> dict[str, Any]:
         """Every phase in order; a run that times out, loses a host or is interrupted stops where
@@ -280,6 +323,11 @@ class LabRun:
         spent = spent_since(self.stats_before, await stats_of_each(self.fleet))
         if stopped is not None and not stopped.get("judged"):
             self.verdict = await self.checker.evidence(self.churn.truth)
+            if self.routes is not None:  # which routes were missing or stale where it stopped
+                try:
+                    self.verdict["routes"] = await self.routes.verdict(self.churn.truth)
+                except FleetError as exc:
+                    self.verdict["routes"] = {"error": str(exc)}
         verdict = self.verdict  # the last phase's, taken when everything had converged
         verdict["latency_s"] = latency_summary(self.latencies)
         return {
@@ -295,6 +343,7 @@ class LabRun:
             "latencies": self.latencies,
             "samples": self.samples,
             "fault_windows": self.windows,
+            "marks": self.marks,
             "copies_per_event": _copies(spent, self.churn, self.members),
             "cpu_seconds": {h: round(s["cpu_seconds"], 3) for h, s in spent.items()},
             "harness_cost": harness_cost(spent),
@@ -488,6 +537,8 @@ def sim_options(spec: Spec, hosts: int, seed: int) -> SimOptions:
 def run_sim(spec: Spec, hosts: int, seed: int, log: Say = say) -> dict[str, Any]:
     options = sim_options(spec, hosts, seed)
     log(f"{spec.name}: simulating {hosts} nodes, seed {seed}")
+    if spec.containers:
+        log(f"{spec.name}: containers are left out: the simulator has tables, not kernels")
     sim = Simulator(options)
     result = sim.run(progress=log)
     traffic = result["traffic"]

@@ -1,7 +1,8 @@
 """results/<run-id>/: results.json, PNG plots, the hosts' logs of a failed run, and a one-page
 report (Markdown and HTML) that opens with the verdict and, when it failed, why.
 
-Plots: convergence over time per network with the fault windows shaded, and under it the
+Plots: convergence over time per network with the fault windows shaded (and, with containers,
+when every host's routes were right and when the containers answered pings), and under it the
 timeline of every operation (Jepsen's timeline: one row per process, invoke to completion,
 coloured by outcome); delivery-latency CDF; bytes sent per host.
 """
@@ -26,6 +27,9 @@ def _convergence_plot(result: dict[str, Any], path: Path) -> None:
         ax.plot([s["t"] for s in samples], [100 * s["converged"][network] for s in samples], label=network)
     for window in result["fault_windows"]:
         ax.axvspan(window["start"], window["end"], color="red", alpha=0.12, label=window["label"])
+    for mark in result.get("marks", []):
+        style = "--" if mark["label"].endswith("routes right") else ":"
+        ax.axvline(mark["t"], color="black", linestyle=style, linewidth=0.8, label=mark["label"])
     ax.set_xlabel("seconds since the first phase started")
     ax.set_ylabel("% of (member, entry) pairs held")
     ax.set_ylim(0, 105)
@@ -109,6 +113,17 @@ def _why(result: dict[str, Any]) -> list[str]:
             for host, count in sorted(hosts.items()):
                 keys = verdict.get("examples", {}).get(network, {}).get(host, {}).get(kind, [])
                 lines.append(f"{network} on {host}: {count} {kind} (e.g. {', '.join(keys)})")
+    routes = verdict.get("routes") or {}
+    for kind in ("missing", "stale"):
+        for network, hosts in (routes.get(kind) or {}).items():
+            for host, count in sorted(hosts.items()):
+                entries = routes.get("examples", {}).get(network, {}).get(host, {}).get(kind, [])
+                lines.append(f"{network} on {host}: {count} routes {kind} (e.g. {', '.join(entries)})")
+    if routes.get("error"):
+        lines.append(f"routes not read: {routes['error']}")
+    for ping in verdict.get("wrong_pings") or []:
+        expected = "no answer" if not ping["must_answer"] else "an answer"
+        lines.append(f"ping from {ping['container']} on {ping['from']} to {ping['to']}: expected {expected}")
     for kind in ("scope_leaks", "out_of_scope_received"):
         if verdict.get(kind):
             lines.append(f"{kind.replace('_', ' ')}: {verdict[kind]}")

@@ -14,9 +14,14 @@
         within: 60
       - name: partitioned
         fault: {partition: halves, hold: 8, at: 0}
-        churn: {create: 5000, delete: 1000, rate: 1500}
+        churn: {create: 5000, delete: 1000, rate: 1500, containers: 3}
         within: 120
     targets: {after_last_write_s: 5, after_heal_s: 3}
+
+`containers`: each writer also makes that many containers in each of its networks (lab only: the
+simulator has no kernel). Networks then get a VXLAN id and a /20 of 198.19.0.0/16 each, in the
+order listed, and a phase converges when every host's routes are right too, and sampled pings
+between containers answer within a network and never across.
 
 Every mistake is a SpecError naming the file and the field.
 """
@@ -34,6 +39,8 @@ from gossip_agent.sim.partitions import SHAPES
 
 FAULTS = ("partition", "kill", "pause", "restart", "rolling-restart", "loss", "delay")
 TARGETS = ("after_last_write_s", "after_heal_s", "latency_p99_s")
+VXLAN_BASE = 4100  # the first network's VXLAN id when a spec has containers
+MAX_CONTAINERS = 63  # per host and network: the addresses of a host's block (containers_per_host 64)
 
 
 class SpecError(ValueError):
@@ -56,6 +63,7 @@ class Churn:
     writers: int = 2  # per network; spread over the sides of a partition
     rate: float = 1500.0  # entries per second per writer (0: as fast as possible)
     networks: tuple[str, ...] = ()  # empty: every network of the spec
+    containers: int = 0  # per writer and network (lab only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +85,14 @@ class Spec:
     targets: dict[str, float] = field(default_factory=dict)
     profile: str = "local"  # sim only: the lab's agents use their deployed config
     membership: str = "swim"  # sim only: static for the largest runs
+
+    @property
+    def containers(self) -> bool:
+        return any(p.churn is not None and p.churn.containers for p in self.phases)
+
+    def overlay(self) -> dict[str, tuple[int, str]]:
+        """network -> (VXLAN id, subnet) for the data plane of a spec with containers."""
+        return {net: (VXLAN_BASE + i, f"198.19.{16 * i}.0/20") for i, net in enumerate(self.networks)}
 
     def members(self, names: list[str]) -> dict[str, list[str]]:
         """Resolve each network's selector against these (sorted) host names."""
@@ -151,16 +167,17 @@ def _fault(data: Any, where: str) -> Fault:
 def _churn(data: Any, where: str, networks: dict[str, str]) -> Churn:
     if not isinstance(data, dict):
         raise SpecError(f"{where}: expected a mapping like {{create: 1000, rate: 1500}}")
-    _only(data, ("create", "delete", "writers", "rate", "networks"), where)
+    _only(data, ("create", "delete", "writers", "rate", "networks", "containers"), where)
     churn = Churn(
         create=_get(data, "create", int, where, 0),
         delete=_get(data, "delete", int, where, 0),
         writers=_get(data, "writers", int, where, 2),
         rate=float(_get(data, "rate", (int, float), where, 1500.0)),
         networks=tuple(_get(data, "networks", list, where, [])),
+        containers=_get(data, "containers", int, where, 0),
     )
-    if churn.create < 0 or churn.delete < 0 or churn.rate < 0 or churn.writers < 1:
-        raise SpecError(f"{where}: create, delete and rate must not be negative; writers at least 1")
+    if churn.create < 0 or churn.delete < 0 or churn.rate < 0 or churn.writers < 1 or churn.containers < 0:
+        raise SpecError(f"{where}: create, delete, rate and containers must not be negative; writers at least 1")
     unknown = sorted(set(churn.networks) - set(networks))
     if unknown:
         raise SpecError(f"{where}: unknown network(s) {', '.join(unknown)}")
@@ -192,6 +209,12 @@ def parse(data: Any, source: str = "<spec>") -> Spec:
         raise SpecError(f"{source}: 'phases' must list at least one phase")
     if phases[0].churn is not None and phases[0].churn.delete:
         raise SpecError(f"{source}: phases[0] cannot delete: deletes remove endpoints of the first phase")
+    # A writer may be chosen in every phase: its block must hold all its containers.
+    containers = sum(p.churn.containers for p in phases if p.churn is not None)
+    if containers > MAX_CONTAINERS:
+        raise SpecError(f"{source}: {containers} containers per writer over the phases; a host holds {MAX_CONTAINERS}")
+    if containers and len(networks) > 16:
+        raise SpecError(f"{source}: containers need a /20 of 198.19.0.0/16 per network: at most 16 networks")
     targets = _get(data, "targets", dict, source, {})
     _only(targets, TARGETS, f"{source}: targets")
     hosts = _get(data, "hosts", int, source, 8)

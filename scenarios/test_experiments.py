@@ -53,6 +53,8 @@ MINIMAL = {"name": "x", "networks": {"a": "all"}, "phases": [{"churn": {"create"
         ({"phases": [{"churn": {"create": 5, "delete": 1}}]}, "phases[0] cannot delete"),
         ({"phases": [{"churn": {"create": 5, "networks": ["b"]}}]}, "unknown network(s) b"),
         ({"phases": [{"churn": {"create": "many"}}]}, "'create' must be int"),
+        ({"phases": [{"churn": {"containers": -1}}]}, "containers must not be negative"),
+        ({"phases": [{"churn": {"containers": 40}}, {"churn": {"containers": 24}}]}, "64 containers per writer"),
         ({"extra": 1}, "unknown field(s) extra"),
         ({"targets": {"speed": 1}}, "unknown field(s) speed"),
     ],
