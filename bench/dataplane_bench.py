@@ -7,7 +7,7 @@ until it answers pings from all of them, and the kernel-programming CPU per 1,00
 Each size runs on its own lab (prefix sgd, subnet 198.18.210.0/24), torn down after. Needs root.
 Every host joins one network and makes its containers in one call, all hosts at once; the
 harness then reads every host's kernel every 0.2 s, so route times are that coarse, and then
-pings each container from up to 4 other hosts until all answer. Figures are printed, never
+pings 40 of the containers, each from up to 4 other hosts, until all answer. Figures are printed, never
 asserted.
 """
 
@@ -33,6 +33,7 @@ from lab.routes import Endpoint, Routes, endpoint_states
 PREFIX, SUBNET = "sgd", "198.18.210.0/24"
 NETWORK, VXLAN_ID, OVERLAY = "bench-dp", 4300, "198.19.64.0/18"  # 256 blocks of 64 addresses
 POLL = 0.2  # seconds between reads of every host's kernel
+REACH_SAMPLE = 40  # containers pinged
 
 
 async def measure(inventory: str, containers: int, seed: int) -> dict[str, Any]:
@@ -72,15 +73,18 @@ async def measure(inventory: str, containers: int, seed: int) -> dict[str, Any]:
                 ):  # fmt: skip
                     routed[ip] = now - made_at[ip]
             await asyncio.sleep(POLL)
-        # Reachable: pings from containers on up to 4 other hosts to each container all answered;
-        # each ping's end is stamped on its host (the local lab's hosts share this clock).
+        # Reachable: a sample of containers, each pinged from a container on up to 4 other hosts
+        # until all answer (pinging starts once every route is in); each ping's end is stamped on
+        # its host (the local lab's hosts share this clock). A sample, because every ping leaves
+        # dynamic ARP entries, and this machine's namespaces share 1,024 of them in all.
         rng = random.Random(seed)
         first = {h: next(iter(churn.containers[(h, NETWORK)])) for h in hosts}
+        sampled = rng.sample(sorted(endpoints), min(REACH_SAMPLE, len(endpoints)))
         pairs = [(h, endpoints[churn.containers[(h, NETWORK)][first[h]]], ip, True)
-                 for ip, e in endpoints.items() for h in rng.sample(hosts, min(4, len(hosts)))
-                 if routes.vtep(h) != e.vtep]  # fmt: skip
+                 for ip in sampled for h in rng.sample(hosts, min(4, len(hosts)))
+                 if routes.vtep(h) != endpoints[ip].vtep]  # fmt: skip
         reached: dict[str, float] = {}
-        while len(reached) < len(endpoints) and time.monotonic() < deadline:
+        while len(reached) < len(sampled) and time.monotonic() < deadline:
             latest: dict[str, float | None] = {}
             for r in await routes.ping([p for p in pairs if p[2] not in reached]):
                 ok = r["answered"] and latest.get(r["to"], 0.0) is not None
@@ -97,7 +101,7 @@ async def measure(inventory: str, containers: int, seed: int) -> dict[str, Any]:
             "route": [routed[ip] for ip in routed],
             "unrouted": len(endpoints) - len(routed),
             "reachable": [reached[ip] for ip in reached],
-            "unreached": len(endpoints) - len(reached),
+            "unreached": len(sampled) - len(reached),
             "cpu_per_1000": 1000 * worker / programmed if programmed else None,
         }
     finally:
