@@ -20,7 +20,6 @@ from typing import Any
 from .fleet import Fleet
 from .history import Truth, Version
 
-TABLE = "overlay"  # the agent's data plane reads endpoints of this table only
 EXAMPLES = 5
 PINGS = 40  # sampled pings per kind (within a network, across networks)
 PING_WAIT = 2  # seconds one ping waits for its answer

@@ -343,7 +343,9 @@ def _container(args: argparse.Namespace, call: Any) -> int:
             line = _table(shown, ["name", "network", "ip", "mac", "registered", "namespace"])
     except containers.ContainerError as exc:
         raise CliError(str(exc)) from None
-    except containers.ContainerFailure as exc:
+    except (containers.ContainerFailure, containers.KernelError, OSError) as exc:
+        # Midway, or before anything changed (the kernel refused a listing, the lock file):
+        # one line, not a traceback.
         print(f"gossip-agent: error: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2) if args.json else line)

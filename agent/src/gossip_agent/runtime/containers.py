@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .client import ApiFailure, ApiUnavailable
+from .dataplane import OVERLAY_TABLE as TABLE
+from .dataplane import bridge_name
 
-TABLE = "overlay"  # the agent's table of endpoints that the data planes program
 NETNS_DIR = "/run/netns"  # where `ip netns add` names namespaces
 LOCK_FILE = "/run/gossip-agent-containers.lock"  # not NETNS_DIR: `ip netns add` flocks that itself
 IFNAMSIZ = 15  # longest interface name the kernel accepts
@@ -52,10 +53,6 @@ class ContainerFailure(Exception):
 
 class KernelError(Exception):
     """An `ip` command failed; the message names the command and the kernel's reason."""
-
-
-def bridge_name(vxlan_id: int) -> str:
-    return f"gbr-{vxlan_id}"
 
 
 def netns_name(vxlan_id: int, index: int) -> str:
