@@ -71,8 +71,9 @@ class LabRun:
         # With containers, networks get the data plane, and phases are judged by routes too.
         overlay = spec.overlay() if spec.containers else {}
         self.routes = Routes(fleet, self.members, {n: v for n, (v, _) in overlay.items()}) if overlay else None
-        self.attach = {n: {"network": n, **({"vxlan_id": v, "subnet": sn} if overlay else {})}
-                       for n, (v, sn) in (overlay or {n: (0, "") for n in self.members}).items()}  # fmt: skip
+        self.attach: dict[str, dict[str, Any]] = {n: {"network": n} for n in self.members}  # POST /networks bodies
+        for network, (vxlan_id, subnet) in overlay.items():
+            self.attach[network].update(vxlan_id=vxlan_id, subnet=subnet)
         self.history = History()  # churn batches and faults, one history as Jepsen keeps it
         self.churn = Churn(fleet, self.history, strict=False)
         self.created: dict[str, list[tuple[str, str, int]]] = {}  # network -> (writer, prefix, count) of phase 1
@@ -254,7 +255,7 @@ class LabRun:
         await wait_for(self.checker.membership_converged, phase.within, f"{phase.name}: membership to converge")
         if self.routes is not None:
             since, label = (healed_at, "after_heal") if healed_at else (self.churn.last_write, "after_last_write")
-            await self._routes(phase, record, since, label)
+            await self._routes(self.routes, phase, record, since, label)
         # Each phase's delivery latency, judged at its end: a later heal re-delivers withdrawn
         # entries and would stamp them anew. Its keys carry the phase: p<N>-<writer>-<i>.
         self.verdict = await self.checker.verdict(self.churn.truth)
@@ -272,12 +273,10 @@ class LabRun:
         self.log(f"{phase.name}: converged, " + ", ".join(figures))
         return record
 
-    async def _routes(self, phase: Phase, record: dict[str, Any], since: float, label: str) -> None:
+    async def _routes(self, routes: Routes, phase: Phase, record: dict[str, Any], since: float, label: str) -> None:
         """Wait for every host's routes to match the tables, then for sampled pings to answer
         within each network and never across; record when each happened, and the pings that
         were still wrong at the deadline."""
-        assert self.routes is not None
-        routes = self.routes
         self.step = f"phase {phase.name}: waiting {phase.within:g} s for every host's routes"
         await wait_for(lambda: routes.converged(self.churn.truth), phase.within, f"{phase.name}: routes to converge")
         record[f"routes_{label}_s"] = round(time.monotonic() - since, 3)
