@@ -106,6 +106,8 @@ def test_desired_state_an_ip_that_changes_mac():
         ("web-1", b'{"container": "c", "mac": "02:42:c6:13:2a:01", "vtep": "198.18.0.2"}'),
         ("198.19.042.1", b'{"container": "c", "mac": "02:42:c6:13:2a:01", "vtep": "198.18.0.2"}'),
         ("198.20.0.1", b'{"container": "c", "mac": "02:42:c6:13:2a:01", "vtep": "198.18.0.2"}'),  # off subnet
+        ("198.19.0.0", b'{"container": "c", "mac": "02:42:c6:13:00:00", "vtep": "198.18.0.2"}'),  # network address
+        ("198.19.255.255", b'{"container": "c", "mac": "02:42:c6:13:ff:ff", "vtep": "198.18.0.2"}'),  # broadcast
     ],
 )
 def test_bad_overlay_values_are_refused(key, value):

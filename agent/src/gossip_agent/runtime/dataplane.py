@@ -107,7 +107,10 @@ def parse_endpoint(event: TableEvent, subnet: ipaddress.IPv4Network | ipaddress.
     address (in the network's subnet, when it has one), value JSON with a string container, a
     unicast MAC and a unicast IPv4 vtep. Whatever a peer sends, this returns; it never raises."""
     ip = _unicast_ipv4(event.key)
-    if ip is None or (subnet is not None and ip not in subnet):
+    if ip is None:
+        return None
+    # The subnet's network and broadcast addresses are no container's (containers.py never gives them).
+    if subnet is not None and (ip not in subnet or ip in (subnet.network_address, subnet.broadcast_address)):
         return None
     try:
         data = json.loads(event.value)
