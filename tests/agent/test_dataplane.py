@@ -143,6 +143,12 @@ def test_config_mistakes_in_the_data_plane_fields(field, value, message):
         parse({"bind_addr": "198.18.250.1", field: value}, "agent.yaml")
 
 
+def test_config_refuses_one_vxlan_id_for_two_networks():
+    networks = [{"id": "a", "vxlan_id": 7}, {"id": "b", "vxlan_id": 7}]
+    with pytest.raises(ConfigError, match=r"networks\[1\]\.vxlan_id: 7: expected an id no other network"):
+        parse({"bind_addr": "198.18.250.1", "networks": networks}, "agent.yaml")
+
+
 def test_config_wants_an_ipv4_subnet():
     networks = [{"id": "a", "vxlan_id": 7, "subnet": "fd00::/64"}]
     with pytest.raises(ConfigError, match=r"networks\[0\]\.subnet: 'fd00::/64': expected a subnet such as"):

@@ -143,6 +143,9 @@ def parse(data: Any, source: str = "<config>") -> AgentConfig:
         vxlan = item.get("vxlan_id")
         if vxlan is not None and (isinstance(vxlan, bool) or not isinstance(vxlan, int) or not 1 <= vxlan < 2**24):
             raise _err(source, f"{where}.vxlan_id", vxlan, "a VXLAN id 1-16777215")
+        if vxlan is not None and vxlan in (n.vxlan_id for n in networks):
+            # One device per id: the second network would stay without a data plane.
+            raise _err(source, f"{where}.vxlan_id", vxlan, "an id no other network of this list has")
         subnet = item.get("subnet")
         if subnet is not None:
             try:
