@@ -260,7 +260,7 @@ class LabRun:
         # entries and would stamp them anew. Its keys carry the phase: p<N>-<writer>-<i>.
         self.verdict = await self.checker.verdict(self.churn.truth)
         if self.routes is not None:
-            self.verdict["routes"] = await self.routes.verdict(self.churn.truth)
+            self.verdict["routes"] = await self.routes.settled_verdict(self.churn.truth, phase.within)
             self.verdict["wrong_pings"] = record.pop("wrong_pings")
             self.verdict["valid"] &= self.verdict["routes"]["valid"] and not self.verdict["wrong_pings"]
         record["valid"] = self.verdict["valid"]

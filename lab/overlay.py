@@ -67,10 +67,15 @@ async def on_overlay(inventory: str, seed: int, members_of: Layout, body: Body) 
         await wait_for(routes.ready, 60, "the data plane on for every member")
         await checker.baseline()
         verdict = await body(fleet, checker, routes, churn, nemesis)
-        verdict["routes"] = await routes.verdict(churn.truth)
+        verdict["routes"] = await routes.settled_verdict(churn.truth, 30)  # still right once the body is done
+        assert verdict["routes"]["valid"], f"routes at the end: {verdict['routes']}; suspicions {verdict['suspicions']}"
         return verdict
     except (AssertionError, FleetError) as exc:
         where = await leave_evidence(fleet, next(iter(members)), nemesis)
+        try:
+            (where / "routes.json").write_text(json.dumps(await routes.verdict(churn.truth), indent=1))
+        except FleetError as error:
+            (where / "routes.json").write_text(json.dumps({"error": str(error)}))
         raise type(exc)(f"{exc} (evidence in {where})") from exc
     finally:
         try:
@@ -125,6 +130,7 @@ async def two_networks(
     say(f"{removed} containers deleted; no stale route {cleared - gone:.2f} s after")
     wrong = await routes.wrong_pings(churn.truth, rng, PINGS, deleted)
     assert not wrong, f"pings that went wrong after the deletes: {wrong[:5]}"
+    await wait_for(lambda: checker.converged(churn.truth), 30, "the endpoint tables at the end")
     verdict = await checker.verdict(churn.truth)
     verdict["figures"] = {"containers": count, "created_in_s": round(made - started, 3),
                           "tables_after_s": round(tables - made, 3), "routes_after_s": round(kernel - made, 3),

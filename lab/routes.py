@@ -11,9 +11,11 @@ from a container to an address that only another network has must not.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import shlex
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,6 +143,17 @@ class Routes:
                         found[kind].setdefault(network, {})[host] = len(entries)
                         examples.setdefault(network, {}).setdefault(host, {})[kind] = entries[:EXAMPLES]
         return {"valid": not any(found.values()), **found, "examples": examples}
+
+    async def settled_verdict(self, truth: Truth, seconds: float) -> dict[str, Any]:
+        """The first valid verdict within `seconds`, else the last: routes may flap for a moment
+        after a heal (a member falsely declared dead loses its routes everywhere until it
+        refutes), and a final judgement must not be a snapshot of that moment."""
+        deadline = time.monotonic() + seconds
+        while True:
+            verdict = await self.verdict(truth)
+            if verdict["valid"] or time.monotonic() > deadline:
+                return verdict
+            await asyncio.sleep(0.2)
 
     async def converged(self, truth: Truth) -> bool:
         return bool((await self.verdict(truth))["valid"])

@@ -66,6 +66,7 @@ def test_moby_52661_no_stale_route_after_churn_a_kill_and_a_partition(lab_invent
         progress(f"routes right {time.monotonic() - healed:.2f} s after the heal; {count} containers deleted")
         wrong = await routes.wrong_pings(churn.truth, rng, PINGS, deleted)
         assert not wrong, f"pings that went wrong: {wrong[:5]}"
+        await wait_for(lambda: checker.converged(churn.truth), 30, "the endpoint tables at the end")
         return await checker.verdict(churn.truth)
 
     verdict = asyncio.run(on_overlay(lab_inventory, seed, lambda hosts: {"dp-c": hosts}, body))
