@@ -36,7 +36,7 @@ VXLAN = {"dp-a": 4201, "dp-b": 4202, "dp-c": 4203}
 
 
 def networks_of(hosts: list[str]) -> dict[str, list[str]]:
-    """Two networks that overlap in the middle hosts; each has at least 3 hosts."""
+    """Two networks that overlap in the middle hosts (of 8 hosts: 6 each, 4 of them in both)."""
     third = max(1, len(hosts) // 4)
     return {"dp-a": hosts[: len(hosts) - third], "dp-b": hosts[third:]}
 
