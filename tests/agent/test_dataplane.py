@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -342,6 +343,17 @@ def test_two_hosts_program_their_kernels_from_gossip(lab):
     wait_for(lambda: lab.fdb("h1") == {mac2: UNDERLAY["h2"]}, 10, "h1's fdb repaired")
     wait_for(lambda: lab.neigh("h1") == {CONTAINERS["h2"]: mac2}, 10, "h1's neighbours repaired")
     assert h1.api("GET", "/stats")["dataplane"]["corrections"] >= 3
+
+    # The cluster's only seed crashes and restarts: its kernel keeps h2's routes (live restore),
+    # and no reconcile may take them away before its table is back, however soon it runs.
+    h1.signal(signal.SIGKILL)
+    h1.wait()
+    h1.start()
+    deadline = time.monotonic() + 5  # several reconcile intervals (1 s here)
+    while time.monotonic() < deadline:
+        assert lab.fdb("h1").get(mac2) == UNDERLAY["h2"], "h2's route left h1's kernel after h1's restart"
+        time.sleep(0.1)
+    wait_for(lambda: h1.network("blue")["entries"] == 2, 15, "h1's table back")
 
     # A delete takes the kernel's entries away, and the containers no longer reach each other.
     h1.api("DELETE", "/networks/blue/entries", {"entries": [{"table": "overlay", "key": CONTAINERS["h1"]}]})

@@ -198,16 +198,21 @@ class Agent:
         self.dataplane.attach(params.id, params.vxlan_id, params.subnet, entries, self.now())
 
     def _settled(self, network: str) -> bool:
-        """Whether the network's table holds what its members have: joined (or alone) and synced
-        once (or the only member). Until then the data plane removes nothing it finds. A node
-        with no seed to ask (the cluster's only seed, restarted) has joined once another member
-        reached it, and counts as alone only after a push-pull interval without one: until the
-        others find it again, its empty view of the network would wipe routes in use."""
+        """Whether the network's table holds what its members have, so that the data plane may
+        remove what the tables no longer name: synced once with a member, or no member of the
+        network known once we joined through a seed. The cluster's only seed, restarted, has no
+        seed to join through: until a sync it counts as alone only after a push-pull interval,
+        or its empty view would wipe the routes its containers are using."""
         state = self.node.networks.get(network)
-        found = self.node.membership.alive_count > 1
-        alone = self.now() - self._started > self.config.protocol.push_pull_interval
-        joined = bool(self.node.stats.get("joined")) or (not self.other_seeds() and (found or alone))
-        return state is not None and joined and (state.own_synced or not self.node.peers_in(network))
+        if state is None:
+            return False
+        if state.own_synced:
+            return True
+        if self.node.peers_in(network):
+            return False
+        joined = bool(self.node.stats.get("joined"))
+        alone = not self.other_seeds() and self.now() - self._started > self.config.protocol.push_pull_interval
+        return joined or alone
 
     def write(self, network: str, items: Iterable[tuple[str, str, bytes]]) -> int:
         """Create or update a batch of own entries; all or nothing is validated before writing."""
