@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import grp
+import os
 import subprocess
 import sys
 import time
@@ -29,6 +31,7 @@ from .agents import Cluster
         ({"bind_addr": "127.0.0.1", "protocol": {"fanout": 0}}, "protocol: protocol setting 'fanout' must be positive"),
         ({"bind_addr": "127.0.0.1", "protocl": {}}, "protocl: unknown setting"),
         ({"bind_addr": "127.0.0.1", "state_dir": "relative"}, "state_dir: 'relative': expected an absolute path"),
+        ({"bind_addr": "127.0.0.1", "api_group": "no-such-group-here"}, "api_group: 'no-such-group-here': expected a"),
         ([1, 2], "must hold a mapping"),
     ],
 )
@@ -47,6 +50,18 @@ def test_config_defaults_and_overrides():
     assert [n.id for n in config.networks] == ["a", "b"]
     assert config.protocol.fanout == 4
     assert config.protocol.probe_interval == 0.5  # from the local profile
+
+
+def test_api_group_opens_the_socket_to_that_group_only(tmp_path):
+    group = grp.getgrgid(os.getgid())
+    cluster = Cluster(tmp_path, 204)
+    try:
+        cluster.add("grouped", 1, seeds=[], api_group=group.gr_name).start()
+        socket_path = tmp_path / "grouped" / "api.sock"
+        assert oct(socket_path.stat().st_mode & 0o777) == "0o660"
+        assert socket_path.stat().st_gid == group.gr_gid
+    finally:
+        cluster.stop()
 
 
 def test_bad_yaml_and_missing_file(tmp_path):

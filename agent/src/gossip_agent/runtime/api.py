@@ -9,6 +9,7 @@ serves GET /metrics only, with a small head and no body.
 from __future__ import annotations
 
 import asyncio
+import grp
 import ipaddress
 import json
 import logging
@@ -151,7 +152,11 @@ class Api:
             self._servers.append(await asyncio.start_unix_server(self._handle, str(path)))
         finally:
             os.umask(old)
-        os.chmod(path, 0o600)
+        if self.agent.config.api_group is None:
+            os.chmod(path, 0o600)
+        else:  # its members may use the API, as the docker group may use docker's socket
+            os.chown(path, -1, grp.getgrnam(self.agent.config.api_group).gr_gid)
+            os.chmod(path, 0o660)
         if self.agent.config.metrics_addr is not None:
             host, port = self.agent.config.metrics_addr
             self._servers.append(await asyncio.start_server(self._handle_metrics_only, host, port))

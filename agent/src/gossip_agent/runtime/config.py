@@ -6,6 +6,7 @@ was expected; the CLI prints it and exits 2. No traceback for a user mistake.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import re
 import socket
@@ -52,13 +53,15 @@ class AgentConfig:
     host_index: int | None = None
     containers_per_host: int = 64  # container slots per host and network (2-65536)
     dataplane_reconcile_interval: float = 30.0  # seconds between checks of the kernel's fdb/neigh
+    # A group whose members may use the API socket (0660), as the docker group does; None: root only.
+    api_group: str | None = None
     source: str = field(default="<defaults>")
 
 
 KNOWN = {
     "node_name", "bind_addr", "advertise_addr", "port", "seeds", "networks", "profile", "protocol",
     "keyring_file", "state_dir", "api_socket", "metrics_addr", "log_level", "log_format",
-    "host_index", "containers_per_host", "dataplane_reconcile_interval",
+    "host_index", "containers_per_host", "dataplane_reconcile_interval", "api_group",
 }  # fmt: skip
 
 
@@ -179,6 +182,12 @@ def parse(data: Any, source: str = "<config>") -> AgentConfig:
     reconcile = data.get("dataplane_reconcile_interval", 30.0)
     if isinstance(reconcile, bool) or not isinstance(reconcile, int | float) or not 0.1 <= reconcile <= 86400:
         raise _err(source, "dataplane_reconcile_interval", reconcile, "seconds between 0.1 and 86400")
+    api_group = data.get("api_group")
+    if api_group is not None:
+        try:
+            grp.getgrnam(str(api_group))
+        except KeyError:
+            raise _err(source, "api_group", api_group, "a group of this host") from None
     return AgentConfig(
         node_name=name,
         bind_addr=bind,
@@ -197,6 +206,7 @@ def parse(data: Any, source: str = "<config>") -> AgentConfig:
         host_index=None if host_index is None else _int(source, "host_index", host_index, 0, 65535),
         containers_per_host=_int(source, "containers_per_host", data.get("containers_per_host", 64), 2, 65536),
         dataplane_reconcile_interval=float(reconcile),
+        api_group=None if api_group is None else str(api_group),
         source=source,
     )
 
