@@ -1,37 +1,70 @@
 #!/usr/bin/python3
-"""Ansible module: reconcile the local lab's namespace hosts with the wanted size.
+"""Ansible module: reconcile the local lab's hosts with the wanted size and kind.
 
-A lab host is a network namespace (veth into one bridge, its own underlay address, no default
-route) plus UTS, mount and PID namespaces (own hostname, own /opt, /etc/gossip-agent,
-/var/lib/gossip-agent, /var/log, /root, /tmp and a tmpfs /run) whose PID 1 is the host's own sshd.
-Killing that sshd ends every process of the host. Everything carries the lab prefix.
+Every lab host is a network namespace (veth into one bridge, its own underlay address, no default
+route) with UTS, mount and PID namespaces. Two kinds (`init`):
+
+- `sshd`: the machine's own filesystem with private bind mounts of what the role writes (/opt,
+  /etc/gossip-agent, /var/lib/gossip-agent, /var/log, /root, /tmp, a tmpfs /run); the host's own
+  sshd is PID 1 and root logs in with the lab key. Cheap (~2 MB, ~50 ms per host).
+- `systemd`: a full Debian root (built once with debootstrap, kept read-only as the lower layer of
+  an overlayfs per host) booted with systemd as PID 1 in a cgroup namespace of its own, so it has
+  units, journald, dpkg and a non-root user `lab` with sudo, as a VM does.
+
+Everything carries the lab prefix. A dead host is rebuilt and keeps its disk (the agent's journal,
+as a VM's reboot would); a live host is never rebuilt, however slow its sshd: it is waited for.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
 
 DOCUMENTATION = r"""
 module: lab_hosts
-short_description: Create, repair, resize or remove the namespace hosts of the local lab
+short_description: Create, repair, resize or remove the hosts of the local lab
+description:
+  - Reconciles; re-running with the same settings changes nothing. A bigger size adds hosts, a
+    smaller one removes the extra ones; a dead or half-built host is rebuilt and keeps its disk; a
+    live host whose sshd is slow is waited for, never rebuilt. Supports check mode.
 options:
-  prefix: {description: Prefix of every namespace, link and directory, type: str, default: sgl}
+  prefix: {description: Prefix of every namespace, link, cgroup and directory, type: str, default: sgl}
   size: {description: Number of hosts wanted, type: int, default: 8}
   subnet: {description: Underlay subnet; the bridge holds its first address, type: str, default: 198.18.0.0/16}
   state_dir: {description: Where host directories, keys and configs live, type: path, required: true}
   state: {description: present or absent (removes every host and the bridge), type: str, default: present}
+  init:
+    description: sshd (sshd as PID 1 on the machine's filesystem) or systemd (a Debian root booted with systemd)
+    type: str
+    default: sshd
+  rootfs_cache: {description: Where the systemd hosts' Debian root is built once and kept, type: path}
+  release: {description: Debian release of the systemd hosts' root, type: str, default: bookworm}
+  mirror: {description: Debian mirror for debootstrap; default the one this machine's apt uses, type: str}
+  ssh_wait: {description: Seconds to wait for the hosts' sshd; a live host is never rebuilt, type: int, default: 120}
 """
 
-PRIVATE_DIRS = {  # per-host directory -> mount point inside the host
+RETURN = r"""
+hosts: {description: Every host of the lab in order (name, ip, netns), type: list, elements: dict, returned: success}
+built: {description: Hosts created or rebuilt (would be, in check mode), type: list, elements: str, returned: success}
+removed: {description: Hosts removed as the size shrank (would be, in check mode), type: list, elements: str,
+          returned: success}
+key: {description: Private key that logs in to every host, type: str, returned: success}
+user: {description: User to log in as (root on sshd hosts, lab with sudo on systemd ones), type: str, returned: success}
+rootfs: {description: The systemd hosts' read-only Debian root, type: str, returned: init is systemd}
+"""
+
+PRIVATE_DIRS = {  # sshd hosts: per-host directory -> mount point inside the host
     "opt": "/opt",
     "etc-gossip-agent": "/etc/gossip-agent",
     "var-lib-gossip-agent": "/var/lib/gossip-agent",
@@ -39,6 +72,9 @@ PRIVATE_DIRS = {  # per-host directory -> mount point inside the host
     "root": "/root",
     "tmp": "/tmp",
 }
+# What survives a rebuild of a dead host: its disk (a systemd host's whole overlay upper layer).
+DISK = {"sshd": {"opt", "etc-gossip-agent", "var-lib-gossip-agent", "var-log", "root", "ssh"},
+        "systemd": {"upper", "ssh", "machine-id"}}  # fmt: skip
 SSHD_CONFIG = """# written by the lab_hosts module
 ListenAddress {ip}
 Port 22
@@ -57,16 +93,111 @@ PrintMotd no
 Subsystem sftp internal-sftp
 """
 
+# --- systemd hosts: the Debian root they boot -------------------------------------------------
+ROOTFS_PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "sudo", "python3", "python3-venv",
+                   "iproute2", "nftables", "iputils-ping", "procps", "kmod")  # fmt: skip
+LAB_USER = "lab"
+# Units that would reach outside the host (the machine's console, kernel-wide sysctls, binfmt,
+# modules) or out of the lab (apt timers: there is no route out) are masked in the root.
+MASKED_UNITS = ("getty.target", "console-getty.service", "systemd-sysctl.service", "systemd-binfmt.service",
+                "proc-sys-fs-binfmt_misc.automount", "proc-sys-fs-binfmt_misc.mount",
+                "systemd-modules-load.service", "apt-daily.timer", "apt-daily-upgrade.timer",
+                "dpkg-db-backup.timer", "e2scrub_all.timer", "fstrim.timer")  # fmt: skip
+ROOTFS_SSHD = """# written by the lab_hosts module
+HostKey /etc/ssh/ssh_host_ed25519_key
+PermitRootLogin no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+MaxStartups 200:30:400
+MaxSessions 64
+UseDNS no
+"""
+HALT_TIMEOUT = 20.0  # seconds for systemd to halt on SIGRTMIN+3 before the host is killed
+
+
+class LabError(Exception):
+    """A reason the lab cannot be built, phrased for the user."""
+
 
 def run(*args: str, check: bool = True, input_text: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, check=check, capture_output=True, text=True, input=input_text)
 
 
+def machine_mirror() -> str:
+    """The Debian mirror this machine's apt already uses (deb822 .sources or one-line lists)."""
+    sources = sorted(Path("/etc/apt/sources.list.d").glob("*.sources")) + [Path("/etc/apt/sources.list")]
+    for path in sources:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        uris = re.findall(r"^URIs:\s*(\S+)", text, re.M) + re.findall(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)", text, re.M)
+        for uri in uris:
+            if "security" not in uri:
+                return uri
+    raise LabError("no Debian mirror found in /etc/apt; set lab_host_mirror")
+
+
+def ensure_rootfs(cache: Path, release: str, mirror: str) -> tuple[Path, bool]:
+    """The systemd hosts' read-only root, built once (~1 min, ~330 MB) and kept. It is built in
+    a temporary directory and renamed, so an interrupted build is never taken for a root."""
+    recipe = " ".join((release, *ROOTFS_PACKAGES, *MASKED_UNITS, ROOTFS_SSHD))
+    root = cache / f"debian-{release}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+    if root.is_dir():
+        return root, False
+    if shutil.which("debootstrap") is None:
+        raise LabError("debootstrap not found; systemd lab hosts need it: apt-get install debootstrap")
+    cache.mkdir(parents=True, exist_ok=True)
+    building = cache / f".building-{root.name}"
+    shutil.rmtree(building, ignore_errors=True)
+    packages = ",".join(ROOTFS_PACKAGES)
+    result = run("debootstrap", "--variant=minbase", f"--include={packages}", release, str(building), mirror,
+                 check=False)  # fmt: skip
+    if result.returncode != 0:
+        raise LabError(f"debootstrap {release} from {mirror} failed: {(result.stdout + result.stderr)[-600:]}")
+    run("chroot", str(building), "useradd", "--create-home", "--shell", "/bin/bash", LAB_USER)
+    sudoers = building / "etc/sudoers.d" / LAB_USER
+    sudoers.write_text(f"{LAB_USER} ALL=(ALL) NOPASSWD:ALL\n")
+    sudoers.chmod(0o440)
+    for unit in MASKED_UNITS:
+        (building / "etc/systemd/system" / unit).unlink(missing_ok=True)
+        (building / "etc/systemd/system" / unit).symlink_to("/dev/null")
+    for key in (building / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()  # every host gets its own
+    (building / "etc/ssh/sshd_config.d/lab.conf").write_text(ROOTFS_SSHD)
+    (building / "etc/machine-id").write_text("")
+    (building / "etc/hostname").unlink(missing_ok=True)
+    building.rename(root)
+    return root, True
+
+
+def cgroup_mounts() -> list[tuple[str, str, str]]:
+    """(mount point relative to /sys/fs/cgroup, fs type, mount options) of each cgroup hierarchy:
+    the v1 controllers, the named systemd one and cgroup2 of a hybrid machine, or one cgroup2."""
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields, _, tail = line.partition(" - ")
+        fstype, _, options = tail.split(" ", 2)
+        point = fields.split()[4]
+        if fstype in ("cgroup", "cgroup2") and (point == "/sys/fs/cgroup" or point.startswith("/sys/fs/cgroup/")):
+            opts = [o for o in options.split(",") if o not in ("rw", "ro")]
+            if fstype == "cgroup" and all(o.startswith("name=") or o == "xattr" for o in opts):
+                opts.insert(0, "none")  # a named hierarchy without controllers (name=systemd)
+            found.append((point.removeprefix("/sys/fs/cgroup").lstrip("/"), fstype, ",".join(opts)))
+    if not found:
+        raise LabError("no cgroup hierarchy under /sys/fs/cgroup; systemd lab hosts need cgroups")
+    return found
+
+
 class Lab:
-    def __init__(self, prefix: str, subnet: str, state_dir: Path) -> None:
+    def __init__(
+        self, prefix: str, subnet: str, state_dir: Path, init: str = "sshd", rootfs: Path | None = None
+    ) -> None:
         self.prefix = prefix
         self.net = ipaddress.ip_network(subnet)
         self.state = state_dir
+        self.init = init
+        self.rootfs = rootfs
         self.bridge = f"{prefix}-br0"
         self.gateway = str(self.net.network_address + 1)
         self.changed = False
@@ -86,38 +217,64 @@ class Lab:
     def dir(self, i: int) -> Path:
         return self.state / "hosts" / self.name(i)
 
-    # --- inventory of what exists ---------------------------------------------------------------
+    def kind(self, i: int) -> str:
+        """The kind a host was built as (hosts built before there were kinds are sshd hosts)."""
+        try:
+            return (self.dir(i) / "init").read_text().strip()
+        except OSError:
+            return "sshd"
+
+    # --- what exists ----------------------------------------------------------------------------
 
     def existing_namespaces(self) -> set[str]:
         out = run("ip", "netns", "list").stdout
         return {line.split()[0] for line in out.splitlines() if line.startswith(self.prefix + "-h")}
 
-    def pid_alive(self, i: int) -> bool:
-        pidfile = self.dir(i) / "host.pid"
+    def existing(self) -> set[int]:
+        indexes = {int(ns.rsplit("-h", 1)[1]) for ns in self.existing_namespaces()}
+        hosts_dir = self.state / "hosts"
+        if hosts_dir.exists():
+            indexes |= {int(p.name[1:]) for p in hosts_dir.iterdir() if p.name[1:].isdigit()}
+        return indexes
+
+    def host_pid(self, i: int) -> int | None:
+        """PID of the host's unshare, if it runs: its command line names this host's own files,
+        so a reused PID cannot match."""
         try:
-            pid = int(pidfile.read_text())
+            pid = int((self.dir(i) / "host.pid").read_text())
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
-            return False
-        # The host's unshare carries its own sshd config path: a reused PID cannot match.
-        return b"unshare" in cmdline and str(self.dir(i) / "ssh" / "sshd_config").encode() in cmdline
+            return None
+        marker = self.dir(i) / ("boot.sh" if self.kind(i) == "systemd" else "ssh/sshd_config")
+        return pid if b"unshare" in cmdline and str(marker).encode() in cmdline else None
 
-    def mounts_ok(self, i: int) -> bool:
-        """The host's private directories are still mounted (see remove_all for how they vanish)."""
-        pid = int((self.dir(i) / "host.pid").read_text())
+    def init_pid(self, i: int) -> int | None:
+        """PID, on this machine, of the host's PID 1: the only child of its unshare."""
+        pid = self.host_pid(i)
         try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-            mountinfo = Path(f"/proc/{children[0]}/mountinfo").read_text()
-        except (OSError, IndexError):
-            return False
-        targets = {line.split()[4] for line in mountinfo.splitlines()}
-        return set(PRIVATE_DIRS.values()) <= targets
+            return int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0]) if pid else None
+        except (OSError, IndexError, ValueError):
+            return None
 
-    def healthy(self, i: int) -> bool:
-        if self.netns(i) not in self.existing_namespaces() or not self.pid_alive(i) or not self.mounts_ok(i):
+    def intact(self, i: int) -> bool:
+        """Alive and whole: its kind, namespace, address, PID 1 and (sshd hosts) private mounts.
+        An intact host is never rebuilt, whether or not its sshd answers yet."""
+        if self.kind(i) != self.init or self.netns(i) not in self.existing_namespaces():
+            return False
+        pid1 = self.init_pid(i)
+        if pid1 is None:
             return False
         addrs = run("ip", "-n", self.netns(i), "-br", "addr", "show", "eth0", check=False).stdout
-        return f"{self.ip(i)}/" in addrs and self.sshd_answers(i, 0.5)
+        if f"{self.ip(i)}/" not in addrs:
+            return False
+        try:
+            if self.init == "systemd":
+                return Path(f"/proc/{pid1}/comm").read_text().strip() == "systemd"
+            # Removing a mount point in another mount namespace silently unmounts it here.
+            mountinfo = Path(f"/proc/{pid1}/mountinfo").read_text()
+        except OSError:
+            return False
+        return set(PRIVATE_DIRS.values()) <= {line.split()[4] for line in mountinfo.splitlines()}
 
     def sshd_answers(self, i: int, timeout: float) -> bool:
         try:
@@ -140,8 +297,9 @@ class Lab:
             authorized.write_text(public)
             authorized.chmod(0o600)
             self.changed = True
-        for mount_point in PRIVATE_DIRS.values():
-            Path(mount_point).mkdir(parents=True, exist_ok=True)
+        if self.init == "sshd":
+            for mount_point in PRIVATE_DIRS.values():
+                Path(mount_point).mkdir(parents=True, exist_ok=True)
         if run("ip", "link", "show", self.bridge, check=False).returncode != 0:
             run("ip", "link", "add", self.bridge, "type", "bridge")
             self.changed = True
@@ -151,27 +309,64 @@ class Lab:
             self.changed = True
         run("ip", "link", "set", self.bridge, "up")
 
-    def remove_host(self, i: int) -> None:
-        pidfile = self.dir(i) / "host.pid"
-        if self.pid_alive(i):
-            # --kill-child takes the host's PID 1 with it, and with PID 1 every process of the host.
-            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    def remove_host(self, i: int, keep_disk: bool) -> None:
+        """Stop the host and remove its namespaces and cgroups; its disk stays when it is rebuilt."""
+        if self.kind(i) == "systemd":
+            self._halt(i)
+        elif pid := self.host_pid(i):
+            os.kill(pid, signal.SIGKILL)  # --kill-child takes PID 1, and with it every process of the host
         if self.netns(i) in self.existing_namespaces():
             run("ip", "netns", "del", self.netns(i))
         run("ip", "link", "del", self.netns(i), check=False)
-        shutil.rmtree(self.dir(i), ignore_errors=True)
+        self._remove_cgroups(i)
+        if keep_disk and self.dir(i).exists():
+            for path in self.dir(i).iterdir():
+                if path.name not in DISK[self.kind(i)]:
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
+        else:
+            shutil.rmtree(self.dir(i), ignore_errors=True)
         self.changed = True
 
-    def create_host(self, i: int) -> None:
-        ns, hostdir, name = self.netns(i), self.dir(i), self.name(i)
-        for sub in PRIVATE_DIRS:
-            (hostdir / sub).mkdir(parents=True, exist_ok=True)
-        (hostdir / "ssh").mkdir(exist_ok=True)
-        key = hostdir / "ssh" / "ssh_host_ed25519_key"
-        if not key.exists():
-            run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
-        config = hostdir / "ssh" / "sshd_config"
-        config.write_text(SSHD_CONFIG.format(ip=self.ip(i), dir=hostdir, state=self.state))
+    def _halt(self, i: int) -> None:
+        """systemd halts on SIGRTMIN+3 (on SIGTERM it would re-execute itself); a host that has
+        not halted in time is killed with its PID namespace."""
+        pid, pid1 = self.host_pid(i), self.init_pid(i)
+        if pid is None:
+            return
+        if pid1 is not None:
+            os.kill(pid1, signal.SIGRTMIN + 3)
+            deadline = time.monotonic() + HALT_TIMEOUT
+            while time.monotonic() < deadline and self.host_pid(i) == pid:
+                time.sleep(0.1)
+        if self.host_pid(i) == pid:
+            os.kill(pid, signal.SIGKILL)
+            while self.host_pid(i) == pid:
+                time.sleep(0.05)
+
+    def cgroup_dirs(self, i: int) -> list[Path]:
+        return [Path("/sys/fs/cgroup") / rel / self.netns(i) for rel, _, _ in cgroup_mounts()]
+
+    def _remove_cgroups(self, i: int) -> None:
+        """Depth first (systemd made its slices inside); a cgroup whose last process has just died
+        may stay busy for a moment."""
+        deadline = time.monotonic() + 10
+        for top in self.cgroup_dirs(i):
+            if not top.exists():
+                continue
+            for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [top]:
+                while directory.exists():
+                    try:
+                        directory.rmdir()
+                    except OSError:
+                        if time.monotonic() > deadline:
+                            raise LabError(f"cgroup {directory} stays busy after its host stopped") from None
+                        time.sleep(0.1)
+
+    def _network(self, i: int) -> None:
+        ns = self.netns(i)
         run("ip", "netns", "add", ns)
         run("ip", "link", "add", ns, "type", "veth", "peer", "name", "eth0", "netns", ns)
         run("ip", "link", "set", ns, "master", self.bridge, "up")
@@ -179,6 +374,38 @@ class Lab:
         run("ip", "-n", ns, "addr", "add", f"{self.ip(i)}/{self.net.prefixlen}", "dev", "eth0")
         run("ip", "-n", ns, "link", "set", "lo", "up")
         run("ip", "-n", ns, "link", "set", "eth0", "up")
+
+    def _host_key(self, i: int) -> Path:
+        (self.dir(i) / "ssh").mkdir(parents=True, exist_ok=True)
+        key = self.dir(i) / "ssh" / "ssh_host_ed25519_key"
+        if not key.exists():
+            run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
+        return key
+
+    def _start(self, i: int, argv: list[str]) -> None:
+        log = open(self.dir(i) / "host.log", "ab")  # noqa: SIM115 - handed to the child
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
+        log.close()
+        (self.dir(i) / "host.pid").write_text(str(process.pid))
+        (self.dir(i) / "init").write_text(self.init)
+        self.changed = True
+
+    def create_host(self, i: int) -> None:
+        self.dir(i).mkdir(parents=True, exist_ok=True)
+        if self.init == "systemd":
+            self._create_systemd_host(i)
+        else:
+            self._create_sshd_host(i)
+
+    def _create_sshd_host(self, i: int) -> None:
+        ns, hostdir, name = self.netns(i), self.dir(i), self.name(i)
+        for sub in PRIVATE_DIRS:
+            (hostdir / sub).mkdir(parents=True, exist_ok=True)
+        self._host_key(i)
+        config = hostdir / "ssh" / "sshd_config"
+        config.write_text(SSHD_CONFIG.format(ip=self.ip(i), dir=hostdir, state=self.state))
+        self._network(i)
         mounts = "\n".join(f"mount --bind {hostdir / sub} {point}" for sub, point in PRIVATE_DIRS.items())
         script = f"""set -e
 hostname {name}
@@ -188,23 +415,71 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /run/sshd
 exec /usr/sbin/sshd -D -e -f {config}
 """
-        log = open(hostdir / "host.log", "ab")  # noqa: SIM115 - handed to the child
-        process = subprocess.Popen(
-            ["ip", "netns", "exec", ns, "unshare", "--uts", "--mount", "--pid", "--fork", "--kill-child",
-             "--mount-proc", "sh", "-c", script],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-        log.close()
-        (hostdir / "host.pid").write_text(str(process.pid))
-        self.changed = True
+        self._start(i, ["ip", "netns", "exec", ns, "unshare", "--uts", "--mount", "--pid", "--fork", "--kill-child",
+                        "--mount-proc", "sh", "-c", script])  # fmt: skip
 
-    def wait_ssh(self, hosts: list[int], deadline: float = 30.0) -> list[int]:
+    def _create_systemd_host(self, i: int) -> None:
+        """The recipe of LAB-NOTES.md: the host's shell joins a cgroup of its own in every
+        hierarchy, then unshares a cgroup namespace (its systemd takes that cgroup for the root,
+        so two hosts' units never share one) with PID, mount and UTS namespaces inside the host's
+        netns, mounts the overlay root and what systemd needs, and execs systemd in it. The
+        overlay lives in the host's mount namespace: it goes away with the host."""
+        assert self.rootfs is not None
+        hostdir, name, root = self.dir(i), self.name(i), self.dir(i) / "root"
+        for sub in ("upper", "work", "root"):
+            (hostdir / sub).mkdir(exist_ok=True)
+        key = self._host_key(i)
+        machine_id = hostdir / "machine-id"
+        if not machine_id.exists():
+            machine_id.write_text(uuid.uuid4().hex + "\n")
+        for directory in self.cgroup_dirs(i):
+            directory.mkdir(exist_ok=True)
+            if (directory.parent / "cpuset.cpus").exists():  # cgroup v1 cpuset is empty until copied down
+                for knob in ("cpuset.cpus", "cpuset.mems"):
+                    (directory / knob).write_text((directory.parent / knob).read_text())
+        self._network(i)
+        uid = run("chroot", str(self.rootfs), "id", "-u", LAB_USER).stdout.strip()
+        mounts = cgroup_mounts()
+        # A hybrid machine has a tmpfs at /sys/fs/cgroup with the hierarchies in it; a v2 one, cgroup2 there.
+        tmpfs = [f"mount -t tmpfs -o mode=0755 tmpfs {root}/sys/fs/cgroup"]
+        cgroups = [] if any(rel == "" for rel, _, _ in mounts) else tmpfs
+        for rel, fstype, opts in mounts:
+            target = f"{root}/sys/fs/cgroup/{rel}".rstrip("/")
+            cgroups.append(f"mkdir -p {target}; mount -t {fstype} {'-o ' + opts if opts else ''} {fstype} {target}")
+        cgroup_lines = "\n".join(cgroups)
+        boot = hostdir / "boot.sh"
+        boot.write_text(f"""set -e
+mount --make-rprivate /
+mount -t overlay overlay -o lowerdir={self.rootfs},upperdir={hostdir}/upper,workdir={hostdir}/work {root}
+echo {name} > {root}/etc/hostname
+cp {machine_id} {root}/etc/machine-id
+printf '127.0.0.1 localhost\\n127.0.1.1 {name}\\n' > {root}/etc/hosts
+install -m 600 {key} {root}/etc/ssh/ssh_host_ed25519_key
+install -m 644 {key}.pub {root}/etc/ssh/ssh_host_ed25519_key.pub
+install -d -m 700 -o {uid} -g {uid} {root}/home/{LAB_USER}/.ssh
+install -m 600 -o {uid} -g {uid} {self.state}/authorized_keys {root}/home/{LAB_USER}/.ssh/authorized_keys
+mount -t proc proc {root}/proc
+mount -t sysfs sysfs {root}/sys
+{cgroup_lines}
+mount --rbind /dev {root}/dev
+mount -t tmpfs -o mode=1777 tmpfs {root}/dev/shm
+mount -t tmpfs -o mode=0755 tmpfs {root}/run
+mount -t tmpfs -o mode=1777 tmpfs {root}/tmp
+hostname {name}
+exec env -i container=lxc /usr/sbin/chroot {root} /lib/systemd/systemd
+""")
+        procs = " ".join(str(d / "cgroup.procs") for d in self.cgroup_dirs(i))
+        join = f'for procs in {procs}; do echo $$ > "$procs"; done; exec "$@"'
+        self._start(i, ["sh", "-c", join, "join", "ip", "netns", "exec", self.netns(i), "unshare", "--cgroup", "--pid",
+                        "--fork", "--mount", "--uts", "--kill-child", "sh", str(boot)])  # fmt: skip
+
+    def wait_ssh(self, hosts: list[int], deadline: float) -> list[int]:
         started = time.monotonic()
         waiting = list(hosts)
         while waiting and time.monotonic() - started < deadline:
-            waiting = [i for i in waiting if not self.sshd_answers(i, 0.2)]
+            waiting = [i for i in waiting if not self.sshd_answers(i, 2.0)]
             if waiting:
-                time.sleep(0.05)
+                time.sleep(0.1)
         return waiting
 
     def write_neighbours(self, size: int) -> None:
@@ -223,12 +498,8 @@ exec /usr/sbin/sshd -D -e -f {config}
         run("ip", "-batch", "-", input_text="\n".join(lines) + "\n")
 
     def remove_all(self) -> None:
-        hosts_dir = self.state / "hosts"
-        indexes = {int(ns.rsplit("-h", 1)[1]) for ns in self.existing_namespaces()}
-        if hosts_dir.exists():
-            indexes |= {int(p.name[1:]) for p in hosts_dir.iterdir() if p.name[1:].isdigit()}
-        for i in sorted(indexes):
-            self.remove_host(i)
+        for i in sorted(self.existing()):
+            self.remove_host(i, keep_disk=False)
         if run("ip", "link", "show", self.bridge, check=False).returncode == 0:
             run("ip", "link", "del", self.bridge)
             self.changed = True
@@ -249,6 +520,35 @@ exec /usr/sbin/sshd -D -e -f {config}
                 pass
 
 
+def reconcile(module: AnsibleModule, lab: Lab, size: int, ssh_wait: int) -> dict[str, object]:
+    existing = lab.existing()
+    removed = sorted(i for i in existing if i > size)
+    rebuilt = [i for i in range(1, size + 1) if i in existing and not lab.intact(i)]
+    built = sorted(rebuilt + [i for i in range(1, size + 1) if i not in existing])
+    names = {"built": [lab.name(i) for i in built], "removed": [lab.name(i) for i in removed]}
+    if module.check_mode:
+        return {"changed": bool(built or removed), **names}
+    lab.ensure_base()
+    for i in removed:
+        lab.remove_host(i, keep_disk=False)
+    for i in rebuilt:  # from its own disk, as a VM reboots: the agent's journal survives
+        lab.remove_host(i, keep_disk=lab.kind(i) == lab.init)
+    for i in built:
+        lab.create_host(i)
+    # Every host is waited for, not only new ones: a live host whose sshd is slow (a loaded box)
+    # is not rebuilt, and the run must not report the lab ready before it answers.
+    silent = lab.wait_ssh(list(range(1, size + 1)), ssh_wait)
+    if silent:
+        logs = {lab.name(i): (lab.dir(i) / "host.log").read_text()[-500:]
+                for i in silent if (lab.dir(i) / "host.log").exists()}  # fmt: skip
+        hosts = ", ".join(lab.name(i) for i in silent)
+        why = "a live host is not rebuilt, so its state is kept: re-run, or remove the lab with lab-down.yml"
+        module.fail_json(msg=f"sshd did not answer within {ssh_wait} s on {hosts}; {why}", logs=logs)
+    if built or removed:
+        lab.write_neighbours(size)
+    return {"changed": lab.changed, **names}
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -257,51 +557,54 @@ def main() -> None:
             "subnet": {"type": "str", "default": "198.18.0.0/16"},
             "state_dir": {"type": "path", "required": True},
             "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+            "init": {"type": "str", "default": "sshd", "choices": ["sshd", "systemd"]},
+            "rootfs_cache": {"type": "path", "default": "/var/cache/scoped-gossip-lab/rootfs"},
+            "release": {"type": "str", "default": "bookworm"},
+            "mirror": {"type": "str", "default": None},
+            "ssh_wait": {"type": "int", "default": 120},
         },
-        supports_check_mode=False,
+        supports_check_mode=True,
     )
     p = module.params
     if os.geteuid() != 0:
         module.fail_json(msg="the local lab needs root (network and mount namespaces)")
-    for tool in ("ip", "unshare", "ssh-keygen", "/usr/sbin/sshd"):
+    for tool in ["ip", "unshare", "ssh-keygen"] + (["/usr/sbin/sshd"] if p["init"] == "sshd" else ["chroot"]):
         if shutil.which(tool) is None:
-            module.fail_json(msg=f"{tool} not found; install iproute2, util-linux and openssh-server")
+            module.fail_json(msg=f"{tool} not found; install iproute2, util-linux, coreutils and openssh-server")
     try:
         net = ipaddress.ip_network(p["subnet"])
     except ValueError as exc:
         module.fail_json(msg=f"subnet {p['subnet']!r}: {exc}")
     if not 1 <= p["size"] <= min(1000, net.num_addresses - 12):
         module.fail_json(msg=f"size {p['size']}: must be 1..{min(1000, net.num_addresses - 12)} for {net}")
-    lab = Lab(p["prefix"], p["subnet"], Path(p["state_dir"]))
+    result: dict[str, object] = {}
     try:
         if p["state"] == "absent":
+            lab = Lab(p["prefix"], p["subnet"], Path(p["state_dir"]))
+            if module.check_mode:
+                module.exit_json(changed=bool(lab.existing()) or lab.state.exists(), hosts=[])
             lab.remove_all()
             module.exit_json(changed=lab.changed, hosts=[])
-        lab.ensure_base()
-        existing = {int(ns.rsplit("-h", 1)[1]) for ns in lab.existing_namespaces()}
-        hosts_dir = lab.state / "hosts"
-        existing |= {int(d.name[1:]) for d in hosts_dir.iterdir() if d.name[1:].isdigit()} if hosts_dir.exists() else set()
-        removed = sorted(i for i in existing if i > p["size"])
-        for i in removed:
-            lab.remove_host(i)
-        built = []
-        for i in range(1, p["size"] + 1):
-            if not lab.healthy(i):
-                if i in existing:
-                    lab.remove_host(i)  # half-built or dead: rebuild from scratch
-                lab.create_host(i)
-                built.append(i)
-        failed = lab.wait_ssh(built)
-        if failed:
-            logs = {lab.name(i): (lab.dir(i) / "host.log").read_text()[-500:] for i in failed}
-            module.fail_json(msg=f"sshd did not come up on {len(failed)} hosts", logs=logs)
-        if built or removed:
-            lab.write_neighbours(p["size"])
+        rootfs = None
+        if p["init"] == "systemd" and not module.check_mode:
+            rootfs, result["rootfs_built"] = ensure_rootfs(Path(p["rootfs_cache"]), p["release"],
+                                                           p["mirror"] or machine_mirror())  # fmt: skip
+            result["rootfs"] = str(rootfs)
+        lab = Lab(p["prefix"], p["subnet"], Path(p["state_dir"]), p["init"], rootfs)
+        result.update(reconcile(module, lab, p["size"], p["ssh_wait"]))
     except subprocess.CalledProcessError as exc:
-        module.fail_json(msg=f"{' '.join(exc.cmd)} failed: {exc.stderr.strip()}")
+        command = " ".join(map(str, exc.cmd))[:300]
+        module.fail_json(msg=f"{command} failed (exit {exc.returncode}): {(exc.stderr or '').strip()[-500:]}")
+    except LabError as exc:
+        module.fail_json(msg=str(exc))
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        module.fail_json(msg=f"the lab cannot be built: {exc.strerror or exc}{where}")
+    except ValueError as exc:
+        module.fail_json(msg=f"the lab cannot be built: {exc}")
     hosts = [{"name": lab.name(i), "ip": lab.ip(i), "netns": lab.netns(i)} for i in range(1, p["size"] + 1)]
-    module.exit_json(changed=lab.changed, hosts=hosts, built=[lab.name(i) for i in built],
-                     removed=[lab.name(i) for i in removed], key=str(lab.state / "id_ed25519"))  # fmt: skip
+    user = LAB_USER if p["init"] == "systemd" else "root"
+    module.exit_json(hosts=hosts, key=str(lab.state / "id_ed25519"), user=user, **result)
 
 
 if __name__ == "__main__":
