@@ -5,10 +5,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test tests lint sim bench nightly demo clean vopr
+.PHONY: setup test tests lint sim bench nightly demo clean vopr lock
 
 # Debian packages the lab needs on the controller; installed only when missing (needs root).
-APT_PACKAGES := python3 python3-venv openssh-server openssh-client iproute2 iputils-ping nftables util-linux
+# (debootstrap builds the systemd lab hosts' Debian root)
+APT_PACKAGES := python3 python3-venv openssh-server openssh-client iproute2 iputils-ping nftables util-linux debootstrap
 SYSTEM_STAMP := $(VENV)/.system
 
 $(SYSTEM_STAMP):
@@ -28,6 +29,15 @@ $(STAMP): agent/pyproject.toml pyproject.toml $(SYSTEM_STAMP)
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# agent/requirements.lock: the versions the gossip_agent role installs on hosts, resolved afresh
+# for the agent with its crypto extra by the system interpreter. Review the diff, then commit.
+lock: $(SYSTEM_STAMP)
+	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/pip install -q --upgrade pip && build/lock-venv/bin/pip install -q './agent[crypto]'
+	{ sed -n '/^#/p' agent/requirements.lock; build/lock-venv/bin/pip freeze --all --exclude gossip-agent \
+		| grep -v '^setuptools=='; } > build/requirements.lock && mv build/requirements.lock agent/requirements.lock
+	rm -rf build/lock-venv
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check agent/src lab tests bench scenarios
