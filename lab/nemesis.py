@@ -21,11 +21,19 @@ from gossip_agent.sim.partitions import Partition, partition
 from .fleet import Fleet, FleetError
 
 GOSSIP_PORT = 7946
-AGENT_PID = "$(cat /run/gossip-agent/agent.pid)"
 RESTART = (
     "if [ -d /run/systemd/system ]; then systemctl restart gossip-agent; "
     "else /opt/gossip-agent/bin/gossip-agent-service restart; fi"
 )
+
+
+def signal_agent(signal: str) -> str:
+    """A shell command sending SIGNAL (KILL, STOP, CONT) to the agent's process, whichever
+    supervisor the host has: systemd (it restarts the agent after a KILL) or the role's own."""
+    return (
+        f"if [ -d /run/systemd/system ]; then systemctl kill --kill-whom=main --signal={signal} gossip-agent; "
+        f"else kill -{signal} $(cat /run/gossip-agent/agent.pid); fi"
+    )
 
 
 class NemesisError(FleetError):
@@ -129,17 +137,17 @@ class Nemesis:
 
     async def kill(self, host: str) -> None:
         """kill -9 the agent; its supervisor restarts it."""
-        await self.fleet.run(host, f"kill -9 {AGENT_PID}")
+        await self.fleet.run(host, signal_agent("KILL"))
         self._record("kill", host=host)
 
     async def pause(self, host: str) -> None:
         """SIGSTOP the agent: alive to the kernel, silent to its peers (a long GC or a stuck VM)."""
-        await self.fleet.run(host, f"kill -STOP {AGENT_PID}")
+        await self.fleet.run(host, signal_agent("STOP"))
         self.paused.add(host)
         self._record("pause", host=host)
 
     async def resume(self, host: str) -> None:
-        await self.fleet.run(host, f"kill -CONT {AGENT_PID}")
+        await self.fleet.run(host, signal_agent("CONT"))
         self.paused.discard(host)
         self._record("resume", host=host)
 
@@ -162,7 +170,7 @@ class Nemesis:
         self.paused.clear()
         # Gone only if nft itself answers without it: a failing nft must not read as healed.
         table = self.table
-        clear = (f"kill -CONT {AGENT_PID} 2>/dev/null; nft delete table {table} 2>/dev/null; "
+        clear = (f"{{ {signal_agent('CONT')}; }} 2>/dev/null; nft delete table {table} 2>/dev/null; "
                  f"tables=$(nft list tables) && ! printf '%s\\n' \"$tables\" | grep -qxF 'table {table}'")  # fmt: skip
         results = await self.fleet.each(lambda host: self._try(self.fleet.run(host, clear, check=False)))
         problems = {h: r if isinstance(r, str) else "nemesis table still there" for h, r in results.items()

@@ -13,7 +13,7 @@ import pytest
 from lab.experiment import run_lab
 from lab.fleet import Fleet, FleetError
 from lab.inventory import load
-from lab.nemesis import AGENT_PID
+from lab.nemesis import signal_agent
 from lab.spec import parse
 
 pytestmark = [pytest.mark.lab]
@@ -29,7 +29,7 @@ async def stop_once_churn_starts(fleet: Fleet, victim: str, watch: str) -> None:
             held = [n["entries"] for n in await fleet.api(watch, "GET", "/networks") if n["network"] == NETWORK]
             prepared = prepared or held == [0]
             if prepared and held and held[0]:
-                await fleet.run(victim, f"kill -STOP {AGENT_PID}")
+                await fleet.run(victim, signal_agent("STOP"))
                 return
         except FleetError:
             pass
@@ -54,7 +54,7 @@ def test_a_run_that_cannot_converge_leaves_its_evidence(lab_inventory, seed, tmp
                 return {"victim": victim, **await run_lab(spec, lab_inventory, seed, tmp_path, progress)}
             finally:
                 stopper.cancel()
-                await fleet.run(victim, f"kill -CONT {AGENT_PID}", check=False)
+                await fleet.run(victim, signal_agent("CONT"), check=False)
 
     result = asyncio.run(run())
     victim = result["victim"]

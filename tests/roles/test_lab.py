@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from lab.playbook import LabSpec, playbook
+from lab.playbook import LabSpec, playbook, recap
 from lab.pytest_plugin import no_lab
 
 pytestmark = [pytest.mark.lab]
@@ -36,13 +35,6 @@ def run(inventory: Path, name: str, *extra: str) -> subprocess.CompletedProcess[
     result = playbook(LabSpec(PREFIX, SUBNET, SIZE, inventory), name, *extra, timeout=900)
     print(result.stdout[-6000:], result.stderr[-3000:])
     return result
-
-
-def recap(output: str) -> dict[str, dict[str, int]]:
-    hosts = {}
-    for host, counters in re.findall(r"^(\S+)\s+:\s+(ok=.*)$", output, re.M):
-        hosts[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counters)}
-    return hosts
 
 
 @pytest.fixture(scope="module")
