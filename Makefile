@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := python3 python3-venv openssh-server openssh-client iproute2 iputils-ping nftables util-linux debootstrap
 SYSTEM_STAMP := $(VENV)/.system
 
-$(SYSTEM_STAMP):
+$(SYSTEM_STAMP): Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages: $$missing (run as root to install)"; exit 1; fi; \

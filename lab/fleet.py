@@ -122,7 +122,9 @@ class Fleet:
         except TimeoutError:
             raise FleetError(f"{host}: {method} {path}: no answer from the agent within {within:g} s") from None
         except (asyncssh.Error, OSError, ApiUnavailable) as exc:
-            raise FleetError(f"{host}: {method} {path}: no answer from the agent: {exc}") from None
+            user = self.hosts[host].user
+            hint = f" (logged in as {user}: is it in the agent's api_group?)" if user != "root" else ""
+            raise FleetError(f"{host}: {method} {path}: no answer from the agent: {exc}{hint}") from None
         except ApiFailure as exc:
             raise ApiRefused(f"{host}: {method} {path}: HTTP {exc.status}: {exc}") from None
 

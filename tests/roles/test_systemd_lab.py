@@ -9,6 +9,7 @@ Uses its own prefix and subnet, so the other labs of `make test` and a demo lab 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from lab.pytest_plugin import no_lab
 pytestmark = [pytest.mark.lab]
 
 PREFIX, SUBNET, SIZE = "sgy", "198.18.131.0/24", 3
+SLOW = 12.0  # seconds a host's sshd stays stopped while lab-up runs: longer than lab-up takes itself
 STATE = Path(f"/var/lib/scoped-gossip-lab/{PREFIX}")
 CTL = "/opt/gossip-agent/venv/bin/gossip-agent ctl"
 MODULE = ROOT / "roles" / "lab_host" / "library" / "lab_hosts.py"
@@ -51,6 +53,7 @@ def run(lab: LabSpec, name: str, *extra: str) -> subprocess.CompletedProcess[str
 def lab(tmp_path_factory):
     spec = LabSpec(PREFIX, SUBNET, SIZE, tmp_path_factory.mktemp("systemd-lab") / "hosts.yml", init="systemd")
     spec.prepare()
+    assert run(spec, "lab-down.yml").returncode == 0  # what a killed run left behind, disks included
     try:
         started = time.monotonic()
         up = run(spec, "lab-up.yml")
@@ -67,6 +70,16 @@ def lab(tmp_path_factory):
     finally:
         down = run(spec, "lab-down.yml")
         assert down.returncode == 0, "lab-down.yml failed"
+        assert_nothing_left()
+
+
+def assert_nothing_left() -> None:
+    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"{PREFIX}-" not in namespaces
+    assert f"{PREFIX}-" not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/{PREFIX}-h*")) + list(Path("/sys/fs/cgroup").glob(f"{PREFIX}-h*"))
+    assert str(STATE) not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert not STATE.exists()
 
 
 def hosts(spec: LabSpec, tmp_path: Path, sudo: bool = True) -> dict:
@@ -204,18 +217,23 @@ def test_lab_up_waits_for_a_slow_host_and_rebuilds_a_dead_one_from_its_disk(lab,
     assert files, "the agent keeps no state on the host's disk?"
     _, init, sshd = host_processes(2)
     os.kill(sshd, signal.SIGSTOP)  # alive, but its sshd answers nothing: a loaded box
+    resume = threading.Timer(SLOW, os.kill, (sshd, signal.SIGCONT))
     try:
         slow = run(spec, "lab-up.yml", "-e", "lab_host_ssh_wait=3")
         assert slow.returncode != 0
         assert "sshd did not answer within 3 s on h02" in slow.stdout
         assert host_processes(2)[1] == init, "a live host was rebuilt"
-        threading.Timer(2.0, os.kill, (sshd, signal.SIGCONT)).start()
+        started = time.monotonic()
+        resume.start()
         waited = run(spec, "lab-up.yml", "-e", "lab_host_ssh_wait=60")
         assert waited.returncode == 0
+        assert time.monotonic() - started >= SLOW, "lab-up did not wait for the slow host"
         assert recap(waited.stdout)["localhost"]["changed"] == 0
         assert host_processes(2)[1] == init
     finally:
-        os.kill(sshd, signal.SIGCONT)
+        resume.cancel()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(sshd, signal.SIGCONT)
     unshare, _, _ = host_processes(2)
     os.kill(unshare, signal.SIGKILL)  # the host dies with every process in it
     rebuilt = run(spec, "lab-up.yml")
@@ -226,6 +244,15 @@ def test_lab_up_waits_for_a_slow_host_and_rebuilds_a_dead_one_from_its_disk(lab,
     # The unit is enabled on its disk: the agent comes back with the host, from its journal.
     host = hosts(spec, tmp_path)["h01"]
     wait(host, f"{CTL} --json members | grep -c '\"alive\"' | grep -qx 3", 60)
+
+
+def test_another_kind_of_host_is_refused_while_the_lab_has_hosts(lab):
+    spec, _, _ = lab
+    _, init, _ = host_processes(1)
+    other = run(LabSpec(PREFIX, SUBNET, SIZE, spec.inventory, init="sshd"), "lab-up.yml")
+    assert other.returncode != 0
+    assert f"lab {PREFIX} has systemd hosts: pass lab_init=systemd" in other.stdout
+    assert host_processes(1)[1] == init
 
 
 def test_check_mode_reports_what_lab_up_would_do_and_does_nothing(lab):
@@ -245,6 +272,6 @@ def test_lab_hosts_fails_with_a_reason_not_a_traceback(tmp_path):
     result = subprocess.run([sys.executable, str(MODULE), str(args)], capture_output=True, text=True, timeout=60)
     answer = json.loads(result.stdout)
     assert answer["failed"] is True
-    assert answer["msg"] == "the lab cannot be built: No such file or directory (/proc/sgz-lab)"
+    assert answer["msg"] == "lab sgz: No such file or directory (/proc/sgz-lab)"
     assert "Traceback" not in result.stdout + result.stderr
     assert "sgz-br0" not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout

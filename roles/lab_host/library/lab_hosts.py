@@ -17,6 +17,7 @@ as a VM's reboot would); a live host is never rebuilt, however slow its sshd: it
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import ipaddress
 import os
@@ -27,6 +28,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
@@ -45,9 +47,10 @@ options:
   state_dir: {description: Where host directories, keys and configs live, type: path, required: true}
   state: {description: present or absent (removes every host and the bridge), type: str, default: present}
   init:
-    description: sshd (sshd as PID 1 on the machine's filesystem) or systemd (a Debian root booted with systemd)
+    description:
+      - sshd (sshd as PID 1 on the machine's filesystem) or systemd (a Debian root booted with systemd).
+      - Default the kind the lab was built with, else sshd; another kind than the lab's is refused.
     type: str
-    default: sshd
   rootfs_cache: {description: Where the systemd hosts' Debian root is built once and kept, type: path}
   release: {description: Debian release of the systemd hosts' root, type: str, default: bookworm}
   mirror: {description: Debian mirror for debootstrap; default the one this machine's apt uses, type: str}
@@ -62,6 +65,7 @@ removed: {description: Hosts removed as the size shrank (would be, in check mode
 key: {description: Private key that logs in to every host, type: str, returned: success}
 user: {description: User to log in as (root on sshd hosts, lab with sudo on systemd ones), type: str, returned: success}
 rootfs: {description: The systemd hosts' read-only Debian root, type: str, returned: init is systemd}
+init: {description: The kind of the lab's hosts, type: str, returned: success}
 """
 
 PRIVATE_DIRS = {  # sshd hosts: per-host directory -> mount point inside the host
@@ -73,8 +77,8 @@ PRIVATE_DIRS = {  # sshd hosts: per-host directory -> mount point inside the hos
     "tmp": "/tmp",
 }
 # What survives a rebuild of a dead host: its disk (a systemd host's whole overlay upper layer).
-DISK = {"sshd": {"opt", "etc-gossip-agent", "var-lib-gossip-agent", "var-log", "root", "ssh"},
-        "systemd": {"upper", "ssh", "machine-id"}}  # fmt: skip
+DISK = {"sshd": {"opt", "etc-gossip-agent", "var-lib-gossip-agent", "var-log", "root", "ssh", "host.log"},
+        "systemd": {"upper", "ssh", "machine-id", "lower", "host.log"}}  # fmt: skip
 SSHD_CONFIG = """# written by the lab_hosts module
 ListenAddress {ip}
 Port 22
@@ -99,10 +103,17 @@ ROOTFS_PACKAGES = ("systemd", "systemd-sysv", "dbus", "openssh-server", "sudo", 
 LAB_USER = "lab"
 # Units that would reach outside the host (the machine's console, kernel-wide sysctls, binfmt,
 # modules) or out of the lab (apt timers: there is no route out) are masked in the root.
-MASKED_UNITS = ("getty.target", "console-getty.service", "systemd-sysctl.service", "systemd-binfmt.service",
-                "proc-sys-fs-binfmt_misc.automount", "proc-sys-fs-binfmt_misc.mount",
+MASKED_UNITS = ("getty.target", "getty@.service", "autovt@.service", "console-getty.service",
+                "systemd-sysctl.service", "systemd-binfmt.service", "proc-sys-fs-binfmt_misc.automount",
+                "proc-sys-fs-binfmt_misc.mount",
                 "systemd-modules-load.service", "apt-daily.timer", "apt-daily-upgrade.timer",
-                "dpkg-db-backup.timer", "e2scrub_all.timer", "fstrim.timer")  # fmt: skip
+                "dpkg-db-backup.timer", "e2scrub_all.timer", "e2scrub_reap.service", "fstrim.timer")  # fmt: skip
+# No virtual terminals (logind would take the machine's), and the machine's kernel log stays out
+# of every host's journal; the journal itself is persistent, like a VM's.
+ROOTFS_CONFIG = {
+    "etc/systemd/logind.conf.d/lab.conf": "[Login]\nNAutoVTs=0\nReserveVT=0\n",
+    "etc/systemd/journald.conf.d/lab.conf": "[Journal]\nReadKMsg=no\nStorage=persistent\n",
+}
 ROOTFS_SSHD = """# written by the lab_hosts module
 HostKey /etc/ssh/ssh_host_ed25519_key
 PermitRootLogin no
@@ -112,6 +123,7 @@ MaxStartups 200:30:400
 MaxSessions 64
 UseDNS no
 """
+BRIDGE_MAC = "02:5a:00:00:00:01"  # the controller's side of every lab (hosts have 02:5a:00:00:01:NN on)
 HALT_TIMEOUT = 20.0  # seconds for systemd to halt on SIGRTMIN+3 before the host is killed
 
 
@@ -141,14 +153,23 @@ def machine_mirror() -> str:
 def ensure_rootfs(cache: Path, release: str, mirror: str) -> tuple[Path, bool]:
     """The systemd hosts' read-only root, built once (~1 min, ~330 MB) and kept. It is built in
     a temporary directory and renamed, so an interrupted build is never taken for a root."""
-    recipe = " ".join((release, *ROOTFS_PACKAGES, *MASKED_UNITS, ROOTFS_SSHD))
+    recipe = " ".join((release, *ROOTFS_PACKAGES, *MASKED_UNITS, ROOTFS_SSHD, *ROOTFS_CONFIG.values()))
     root = cache / f"debian-{release}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
     if root.is_dir():
         return root, False
     if shutil.which("debootstrap") is None:
         raise LabError("debootstrap not found; systemd lab hosts need it: apt-get install debootstrap")
     cache.mkdir(parents=True, exist_ok=True)
-    building = cache / f".building-{root.name}"
+    with open(cache / ".lock", "w") as lock:  # two lab-ups at once: one builds, the other waits
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if root.is_dir():
+            return root, False
+        _debootstrap(root, release, mirror)
+    return root, True
+
+
+def _debootstrap(root: Path, release: str, mirror: str) -> None:
+    building = root.parent / f".building-{root.name}"
     shutil.rmtree(building, ignore_errors=True)
     packages = ",".join(ROOTFS_PACKAGES)
     result = run("debootstrap", "--variant=minbase", f"--include={packages}", release, str(building), mirror,
@@ -165,10 +186,13 @@ def ensure_rootfs(cache: Path, release: str, mirror: str) -> tuple[Path, bool]:
     for key in (building / "etc/ssh").glob("ssh_host_*"):
         key.unlink()  # every host gets its own
     (building / "etc/ssh/sshd_config.d/lab.conf").write_text(ROOTFS_SSHD)
+    for name, text in ROOTFS_CONFIG.items():
+        (building / name).parent.mkdir(parents=True, exist_ok=True)
+        (building / name).write_text(text)
+    (building / "var/log/journal").mkdir(exist_ok=True)
     (building / "etc/machine-id").write_text("")
     (building / "etc/hostname").unlink(missing_ok=True)
     building.rename(root)
-    return root, True
 
 
 def cgroup_mounts() -> list[tuple[str, str, str]]:
@@ -189,6 +213,14 @@ def cgroup_mounts() -> list[tuple[str, str, str]]:
     return found
 
 
+def recorded_kind(state: Path) -> str | None:
+    """The kind of host the lab in `state` was built with, if one was."""
+    try:
+        return (state / "init").read_text().strip()
+    except OSError:
+        return None
+
+
 class Lab:
     def __init__(
         self, prefix: str, subnet: str, state_dir: Path, init: str = "sshd", rootfs: Path | None = None
@@ -201,6 +233,8 @@ class Lab:
         self.bridge = f"{prefix}-br0"
         self.gateway = str(self.net.network_address + 1)
         self.changed = False
+        self.started: dict[int, subprocess.Popen[bytes]] = {}  # hosts this run started
+        self.bridge_moved = False  # the bridge's MAC changed: every host's gateway entry is stale
 
     def name(self, i: int) -> str:
         return f"h{i:02d}"
@@ -287,6 +321,8 @@ class Lab:
 
     def ensure_base(self) -> None:
         self.state.mkdir(parents=True, exist_ok=True)
+        if recorded_kind(self.state) != self.init:
+            (self.state / "init").write_text(self.init)
         key = self.state / "id_ed25519"
         if not key.exists():
             run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{self.prefix}-lab", "-f", str(key))
@@ -303,6 +339,11 @@ class Lab:
         if run("ip", "link", "show", self.bridge, check=False).returncode != 0:
             run("ip", "link", "add", self.bridge, "type", "bridge")
             self.changed = True
+        # A bridge without an address of its own takes its ports' lowest MAC, so a rebuilt host's
+        # new veth could change it, and every host's permanent gateway entry would point nowhere.
+        if Path(f"/sys/class/net/{self.bridge}/address").read_text().strip() != BRIDGE_MAC:
+            run("ip", "link", "set", self.bridge, "address", BRIDGE_MAC)
+            self.changed = self.bridge_moved = True
         cidr = f"{self.gateway}/{self.net.prefixlen}"
         if cidr not in run("ip", "-br", "addr", "show", self.bridge).stdout:
             run("ip", "addr", "replace", cidr, "dev", self.bridge)
@@ -316,9 +357,12 @@ class Lab:
         elif pid := self.host_pid(i):
             os.kill(pid, signal.SIGKILL)  # --kill-child takes PID 1, and with it every process of the host
         if self.netns(i) in self.existing_namespaces():
+            # Every process of the host lives in its netns: none survives a lost or stale host.pid.
+            self._kill_all(lambda: run("ip", "netns", "pids", self.netns(i), check=False).stdout.split())
             run("ip", "netns", "del", self.netns(i))
         run("ip", "link", "del", self.netns(i), check=False)
-        self._remove_cgroups(i)
+        if self.kind(i) == "systemd":
+            self._remove_cgroups(i)
         if keep_disk and self.dir(i).exists():
             for path in self.dir(i).iterdir():
                 if path.name not in DISK[self.kind(i)]:
@@ -343,8 +387,21 @@ class Lab:
                 time.sleep(0.1)
         if self.host_pid(i) == pid:
             os.kill(pid, signal.SIGKILL)
-            while self.host_pid(i) == pid:
-                time.sleep(0.05)
+
+    @staticmethod
+    def _kill_all(pids: Callable[[], list[str]]) -> None:
+        """SIGKILL every PID `pids()` names until it names none (each is a process of this lab's
+        host, by its netns or cgroup); a process stuck in the kernel fails the run, never hangs it."""
+        deadline = time.monotonic() + 10
+        while left := pids():
+            if time.monotonic() > deadline:
+                raise LabError(f"processes {' '.join(left)} of a lab host do not die")
+            for pid in left:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            time.sleep(0.05)
 
     def cgroup_dirs(self, i: int) -> list[Path]:
         return [Path("/sys/fs/cgroup") / rel / self.netns(i) for rel, _, _ in cgroup_mounts()]
@@ -356,6 +413,7 @@ class Lab:
         for top in self.cgroup_dirs(i):
             if not top.exists():
                 continue
+            self._kill_all(lambda t=top: [pid for c in t.rglob("cgroup.procs") for pid in c.read_text().split()])
             for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [top]:
                 while directory.exists():
                     try:
@@ -387,6 +445,7 @@ class Lab:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)  # fmt: skip
         log.close()
+        self.started[i] = process
         (self.dir(i) / "host.pid").write_text(str(process.pid))
         (self.dir(i) / "init").write_text(self.init)
         self.changed = True
@@ -432,6 +491,11 @@ exec /usr/sbin/sshd -D -e -f {config}
         machine_id = hostdir / "machine-id"
         if not machine_id.exists():
             machine_id.write_text(uuid.uuid4().hex + "\n")
+        lower = hostdir / "lower"  # the root this disk was made on: it never boots on another
+        if lower.exists() and lower.read_text() != str(self.rootfs):
+            raise LabError(f"{name}'s disk was made on {lower.read_text()}, not {self.rootfs}: its files would "
+                           "not match; remove the lab with lab-down.yml to build it afresh")  # fmt: skip
+        lower.write_text(str(self.rootfs))
         for directory in self.cgroup_dirs(i):
             directory.mkdir(exist_ok=True)
             if (directory.parent / "cpuset.cpus").exists():  # cgroup v1 cpuset is empty until copied down
@@ -459,28 +523,55 @@ install -m 644 {key}.pub {root}/etc/ssh/ssh_host_ed25519_key.pub
 install -d -m 700 -o {uid} -g {uid} {root}/home/{LAB_USER}/.ssh
 install -m 600 -o {uid} -g {uid} {self.state}/authorized_keys {root}/home/{LAB_USER}/.ssh/authorized_keys
 mount -t proc proc {root}/proc
-mount -t sysfs sysfs {root}/sys
+# Machine-wide knobs stay the machine's, as nspawn keeps them: /proc/sys is read-only but for the
+# host's own network namespace, /sys and the sysrq trigger too; /dev holds only harmless nodes,
+# a console that leads nowhere and a pty instance of the host's own.
+mount --bind {root}/proc/sys {root}/proc/sys
+mount --bind {root}/proc/sys/net {root}/proc/sys/net
+mount -o remount,bind,ro {root}/proc/sys
+if [ -e {root}/proc/sysrq-trigger ]; then
+    mount --bind {root}/proc/sysrq-trigger {root}/proc/sysrq-trigger
+    mount -o remount,bind,ro {root}/proc/sysrq-trigger
+fi
+mount -t sysfs -o ro sysfs {root}/sys
 {cgroup_lines}
-mount --rbind /dev {root}/dev
+mount -t tmpfs -o mode=0755,nosuid tmpfs {root}/dev
+for node in null zero full random urandom tty; do touch {root}/dev/$node; mount --bind /dev/$node {root}/dev/$node; done
+touch {root}/dev/console
+mount --bind /dev/null {root}/dev/console
+mkdir {root}/dev/pts {root}/dev/shm
+mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts {root}/dev/pts
+ln -s pts/ptmx {root}/dev/ptmx
 mount -t tmpfs -o mode=1777 tmpfs {root}/dev/shm
+ln -s /proc/self/fd {root}/dev/fd
+ln -s /proc/self/fd/0 {root}/dev/stdin
+ln -s /proc/self/fd/1 {root}/dev/stdout
+ln -s /proc/self/fd/2 {root}/dev/stderr
 mount -t tmpfs -o mode=0755 tmpfs {root}/run
 mount -t tmpfs -o mode=1777 tmpfs {root}/tmp
 hostname {name}
-exec env -i container=lxc /usr/sbin/chroot {root} /lib/systemd/systemd
+exec setpriv --bounding-set -sys_module,-sys_time,-sys_rawio \\
+    env -i container=lxc /usr/sbin/chroot {root} /lib/systemd/systemd
 """)
         procs = " ".join(str(d / "cgroup.procs") for d in self.cgroup_dirs(i))
         join = f'for procs in {procs}; do echo $$ > "$procs"; done; exec "$@"'
         self._start(i, ["sh", "-c", join, "join", "ip", "netns", "exec", self.netns(i), "unshare", "--cgroup", "--pid",
                         "--fork", "--mount", "--uts", "--kill-child", "sh", str(boot)])  # fmt: skip
 
-    def wait_ssh(self, hosts: list[int], deadline: float) -> list[int]:
+    def wait_ssh(self, hosts: list[int], deadline: float) -> tuple[list[int], list[int]]:
+        """(silent, dead): hosts whose sshd has not answered by the deadline, and hosts that died
+        meanwhile (their boot failed: waiting longer would not help)."""
         started = time.monotonic()
-        waiting = list(hosts)
+        waiting, dead = list(hosts), []
         while waiting and time.monotonic() - started < deadline:
-            waiting = [i for i in waiting if not self.sshd_answers(i, 2.0)]
+            # A host started by this run is our child (its PID cannot be reused before we reap it);
+            # its command line changes while it execs, so it is not asked.
+            dead += [i for i in waiting if (self.started[i].poll() is not None if i in self.started
+                                            else self.host_pid(i) is None)]  # fmt: skip
+            waiting = [i for i in waiting if i not in dead and not self.sshd_answers(i, 2.0)]
             if waiting:
                 time.sleep(0.1)
-        return waiting
+        return waiting, dead
 
     def write_neighbours(self, size: int) -> None:
         """Permanent neighbour entries: the kernel's dynamic table is shared by every namespace
@@ -498,8 +589,16 @@ exec env -i container=lxc /usr/sbin/chroot {root} /lib/systemd/systemd
         run("ip", "-batch", "-", input_text="\n".join(lines) + "\n")
 
     def remove_all(self) -> None:
+        """Everything, host by host: one host that fails to go does not keep the others (or their
+        disks, which a later lab would otherwise boot from) alive."""
+        failures = []
         for i in sorted(self.existing()):
-            self.remove_host(i, keep_disk=False)
+            try:
+                self.remove_host(i, keep_disk=False)
+            except (LabError, OSError, subprocess.CalledProcessError) as exc:
+                failures.append(f"{self.name(i)}: {exc}")
+        if failures:
+            raise LabError("could not remove " + "; ".join(failures))
         if run("ip", "link", "show", self.bridge, check=False).returncode == 0:
             run("ip", "link", "del", self.bridge)
             self.changed = True
@@ -535,17 +634,20 @@ def reconcile(module: AnsibleModule, lab: Lab, size: int, ssh_wait: int) -> dict
         lab.remove_host(i, keep_disk=lab.kind(i) == lab.init)
     for i in built:
         lab.create_host(i)
+    if built or removed or lab.bridge_moved:  # before waiting: sshd's answers need them
+        lab.write_neighbours(size)
     # Every host is waited for, not only new ones: a live host whose sshd is slow (a loaded box)
     # is not rebuilt, and the run must not report the lab ready before it answers.
-    silent = lab.wait_ssh(list(range(1, size + 1)), ssh_wait)
+    silent, dead = lab.wait_ssh(list(range(1, size + 1)), ssh_wait)
+    logs = {lab.name(i): (lab.dir(i) / "host.log").read_text()[-800:]
+            for i in silent + dead if (lab.dir(i) / "host.log").exists()}  # fmt: skip
+    if dead:
+        hosts = ", ".join(lab.name(i) for i in dead)
+        module.fail_json(msg=f"{hosts} died while starting (see logs: the end of each host's host.log)", logs=logs)
     if silent:
-        logs = {lab.name(i): (lab.dir(i) / "host.log").read_text()[-500:]
-                for i in silent if (lab.dir(i) / "host.log").exists()}  # fmt: skip
         hosts = ", ".join(lab.name(i) for i in silent)
         why = "a live host is not rebuilt, so its state is kept: re-run, or remove the lab with lab-down.yml"
         module.fail_json(msg=f"sshd did not answer within {ssh_wait} s on {hosts}; {why}", logs=logs)
-    if built or removed:
-        lab.write_neighbours(size)
     return {"changed": lab.changed, **names}
 
 
@@ -557,7 +659,7 @@ def main() -> None:
             "subnet": {"type": "str", "default": "198.18.0.0/16"},
             "state_dir": {"type": "path", "required": True},
             "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
-            "init": {"type": "str", "default": "sshd", "choices": ["sshd", "systemd"]},
+            "init": {"type": "str", "default": None, "choices": ["sshd", "systemd"]},
             "rootfs_cache": {"type": "path", "default": "/var/cache/scoped-gossip-lab/rootfs"},
             "release": {"type": "str", "default": "bookworm"},
             "mirror": {"type": "str", "default": None},
@@ -568,7 +670,14 @@ def main() -> None:
     p = module.params
     if os.geteuid() != 0:
         module.fail_json(msg="the local lab needs root (network and mount namespaces)")
-    for tool in ["ip", "unshare", "ssh-keygen"] + (["/usr/sbin/sshd"] if p["init"] == "sshd" else ["chroot"]):
+    # A lab keeps its kind: a run that names none (a plain lab-up.yml) reuses it, one that names
+    # another would replace every host and its disk, so it is refused while hosts exist.
+    recorded = recorded_kind(Path(p["state_dir"]))
+    init = p["init"] or recorded or "sshd"
+    if p["state"] == "present" and recorded and init != recorded and (Path(p["state_dir"]) / "hosts").exists():
+        module.fail_json(msg=f"lab {p['prefix']} has {recorded} hosts: pass lab_init={recorded}, or remove it "
+                             f"first with lab-down.yml to build {init} hosts")  # fmt: skip
+    for tool in ["ip", "unshare", "ssh-keygen"] + (["/usr/sbin/sshd"] if init == "sshd" else ["chroot", "setpriv"]):
         if shutil.which(tool) is None:
             module.fail_json(msg=f"{tool} not found; install iproute2, util-linux, coreutils and openssh-server")
     try:
@@ -586,11 +695,11 @@ def main() -> None:
             lab.remove_all()
             module.exit_json(changed=lab.changed, hosts=[])
         rootfs = None
-        if p["init"] == "systemd" and not module.check_mode:
+        if init == "systemd" and not module.check_mode:
             rootfs, result["rootfs_built"] = ensure_rootfs(Path(p["rootfs_cache"]), p["release"],
                                                            p["mirror"] or machine_mirror())  # fmt: skip
             result["rootfs"] = str(rootfs)
-        lab = Lab(p["prefix"], p["subnet"], Path(p["state_dir"]), p["init"], rootfs)
+        lab = Lab(p["prefix"], p["subnet"], Path(p["state_dir"]), init, rootfs)
         result.update(reconcile(module, lab, p["size"], p["ssh_wait"]))
     except subprocess.CalledProcessError as exc:
         command = " ".join(map(str, exc.cmd))[:300]
@@ -599,12 +708,12 @@ def main() -> None:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename else ""
-        module.fail_json(msg=f"the lab cannot be built: {exc.strerror or exc}{where}")
+        module.fail_json(msg=f"lab {p['prefix']}: {exc.strerror or exc}{where}")
     except ValueError as exc:
-        module.fail_json(msg=f"the lab cannot be built: {exc}")
+        module.fail_json(msg=f"lab {p['prefix']}: {exc}")
     hosts = [{"name": lab.name(i), "ip": lab.ip(i), "netns": lab.netns(i)} for i in range(1, p["size"] + 1)]
-    user = LAB_USER if p["init"] == "systemd" else "root"
-    module.exit_json(hosts=hosts, key=str(lab.state / "id_ed25519"), user=user, **result)
+    user = LAB_USER if init == "systemd" else "root"
+    module.exit_json(hosts=hosts, key=str(lab.state / "id_ed25519"), user=user, init=init, **result)
 
 
 if __name__ == "__main__":
