@@ -77,8 +77,8 @@ PRIVATE_DIRS = {  # sshd hosts: per-host directory -> mount point inside the hos
     "tmp": "/tmp",
 }
 # What survives a rebuild of a dead host: its disk (a systemd host's whole overlay upper layer).
-DISK = {"sshd": {"opt", "etc-gossip-agent", "var-lib-gossip-agent", "var-log", "root", "ssh", "host.log"},
-        "systemd": {"upper", "ssh", "machine-id", "lower", "host.log"}}  # fmt: skip
+DISK = {"sshd": {"init", "opt", "etc-gossip-agent", "var-lib-gossip-agent", "var-log", "root", "ssh", "host.log"},
+        "systemd": {"init", "upper", "ssh", "machine-id", "lower", "host.log"}}  # fmt: skip
 SSHD_CONFIG = """# written by the lab_hosts module
 ListenAddress {ip}
 Port 22
@@ -111,8 +111,8 @@ MASKED_UNITS = ("getty.target", "getty@.service", "autovt@.service", "console-ge
 # No virtual terminals (logind would take the machine's), and the machine's kernel log stays out
 # of every host's journal; the journal itself is persistent, like a VM's.
 ROOTFS_CONFIG = {
-    "etc/systemd/logind.conf.d/lab.conf": "[Login]\nNAutoVTs=0\nReserveVT=0\n",
-    "etc/systemd/journald.conf.d/lab.conf": "[Journal]\nReadKMsg=no\nStorage=persistent\n",
+    "etc/systemd/logind.conf.d/lab.conf": "[Login]\nNAutoVTs=0\nReserveVT=0\nRemoveIPC=no\n",
+    "etc/systemd/journald.conf.d/lab.conf": "[Journal]\nReadKMsg=no\nStorage=persistent\nSystemMaxUse=64M\n",
 }
 ROOTFS_SSHD = """# written by the lab_hosts module
 HostKey /etc/ssh/ssh_host_ed25519_key
@@ -150,11 +150,25 @@ def machine_mirror() -> str:
     raise LabError("no Debian mirror found in /etc/apt; set lab_host_mirror")
 
 
+def rootfs_path(cache: Path, release: str) -> Path:
+    """Where the root of this recipe lives: its name changes with the recipe, so a changed recipe
+    never reuses a root built from another."""
+    recipe = " ".join((release, *ROOTFS_PACKAGES, *MASKED_UNITS, ROOTFS_SSHD, *ROOTFS_CONFIG.values()))
+    return cache / f"debian-{release}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+
+
+def prune_roots(cache: Path, keep: Path) -> None:
+    """Roots of older recipes (~330 MB each), once no lab is left that could boot from them."""
+    if cache.is_dir():
+        for old in cache.glob("debian-*"):
+            if old != keep and old.is_dir():
+                shutil.rmtree(old)
+
+
 def ensure_rootfs(cache: Path, release: str, mirror: str) -> tuple[Path, bool]:
     """The systemd hosts' read-only root, built once (~1 min, ~330 MB) and kept. It is built in
     a temporary directory and renamed, so an interrupted build is never taken for a root."""
-    recipe = " ".join((release, *ROOTFS_PACKAGES, *MASKED_UNITS, ROOTFS_SSHD, *ROOTFS_CONFIG.values()))
-    root = cache / f"debian-{release}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+    root = rootfs_path(cache, release)
     if root.is_dir():
         return root, False
     if shutil.which("debootstrap") is None:
@@ -214,11 +228,15 @@ def cgroup_mounts() -> list[tuple[str, str, str]]:
 
 
 def recorded_kind(state: Path) -> str | None:
-    """The kind of host the lab in `state` was built with, if one was."""
+    """The kind of host the lab in `state` was built with, if one was (a lab built before kinds
+    were recorded: systemd if any host has an overlay)."""
     try:
         return (state / "init").read_text().strip()
     except OSError:
-        return None
+        hosts = [d for d in (state / "hosts").iterdir() if d.is_dir()] if (state / "hosts").is_dir() else []
+        if not hosts:
+            return None
+        return "systemd" if any((d / "upper").is_dir() for d in hosts) else "sshd"
 
 
 class Lab:
@@ -252,11 +270,12 @@ class Lab:
         return self.state / "hosts" / self.name(i)
 
     def kind(self, i: int) -> str:
-        """The kind a host was built as (hosts built before there were kinds are sshd hosts)."""
+        """The kind a host was built as: its `init` file, written before anything else of it; a
+        host without one (built before kinds were recorded) is systemd if it has an overlay."""
         try:
             return (self.dir(i) / "init").read_text().strip()
         except OSError:
-            return "sshd"
+            return "systemd" if (self.dir(i) / "upper").is_dir() else "sshd"
 
     # --- what exists ----------------------------------------------------------------------------
 
@@ -352,7 +371,8 @@ class Lab:
 
     def remove_host(self, i: int, keep_disk: bool) -> None:
         """Stop the host and remove its namespaces and cgroups; its disk stays when it is rebuilt."""
-        if self.kind(i) == "systemd":
+        kind = self.kind(i)  # once: the loop below must not see the host change kind midway
+        if kind == "systemd":
             self._halt(i)
         elif pid := self.host_pid(i):
             os.kill(pid, signal.SIGKILL)  # --kill-child takes PID 1, and with it every process of the host
@@ -361,11 +381,11 @@ class Lab:
             self._kill_all(lambda: run("ip", "netns", "pids", self.netns(i), check=False).stdout.split())
             run("ip", "netns", "del", self.netns(i))
         run("ip", "link", "del", self.netns(i), check=False)
-        if self.kind(i) == "systemd":
+        if kind == "systemd":
             self._remove_cgroups(i)
         if keep_disk and self.dir(i).exists():
             for path in self.dir(i).iterdir():
-                if path.name not in DISK[self.kind(i)]:
+                if path.name not in DISK[kind]:
                     if path.is_dir() and not path.is_symlink():
                         shutil.rmtree(path)
                     else:
@@ -409,11 +429,11 @@ class Lab:
     def _remove_cgroups(self, i: int) -> None:
         """Depth first (systemd made its slices inside); a cgroup whose last process has just died
         may stay busy for a moment."""
-        deadline = time.monotonic() + 10
         for top in self.cgroup_dirs(i):
             if not top.exists():
                 continue
             self._kill_all(lambda t=top: [pid for c in t.rglob("cgroup.procs") for pid in c.read_text().split()])
+            deadline = time.monotonic() + 10
             for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [top]:
                 while directory.exists():
                     try:
@@ -447,11 +467,11 @@ class Lab:
         log.close()
         self.started[i] = process
         (self.dir(i) / "host.pid").write_text(str(process.pid))
-        (self.dir(i) / "init").write_text(self.init)
         self.changed = True
 
     def create_host(self, i: int) -> None:
         self.dir(i).mkdir(parents=True, exist_ok=True)
+        (self.dir(i) / "init").write_text(self.init)  # first: a run that dies midway knows the kind
         if self.init == "systemd":
             self._create_systemd_host(i)
         else:
@@ -477,6 +497,16 @@ exec /usr/sbin/sshd -D -e -f {config}
         self._start(i, ["ip", "netns", "exec", ns, "unshare", "--uts", "--mount", "--pid", "--fork", "--kill-child",
                         "--mount-proc", "sh", "-c", script])  # fmt: skip
 
+    def check_disk(self, i: int) -> None:
+        """A systemd host's disk boots only on the root it was made on (another root's dpkg state
+        and files would not match its upper layer)."""
+        lower, upper = self.dir(i) / "lower", self.dir(i) / "upper"
+        made_on = lower.read_text() if lower.exists() else ("an unknown root" if upper.is_dir() and any(upper.iterdir())
+                                                            else str(self.rootfs))  # fmt: skip
+        if made_on != str(self.rootfs):
+            raise LabError(f"{self.name(i)}'s disk was made on {made_on}, not {self.rootfs}: remove the lab "
+                           "with lab-down.yml to build it afresh")  # fmt: skip
+
     def _create_systemd_host(self, i: int) -> None:
         """The recipe of LAB-NOTES.md: the host's shell joins a cgroup of its own in every
         hierarchy, then unshares a cgroup namespace (its systemd takes that cgroup for the root,
@@ -491,11 +521,8 @@ exec /usr/sbin/sshd -D -e -f {config}
         machine_id = hostdir / "machine-id"
         if not machine_id.exists():
             machine_id.write_text(uuid.uuid4().hex + "\n")
-        lower = hostdir / "lower"  # the root this disk was made on: it never boots on another
-        if lower.exists() and lower.read_text() != str(self.rootfs):
-            raise LabError(f"{name}'s disk was made on {lower.read_text()}, not {self.rootfs}: its files would "
-                           "not match; remove the lab with lab-down.yml to build it afresh")  # fmt: skip
-        lower.write_text(str(self.rootfs))
+        self.check_disk(i)
+        (hostdir / "lower").write_text(str(self.rootfs))
         for directory in self.cgroup_dirs(i):
             directory.mkdir(exist_ok=True)
             if (directory.parent / "cpuset.cpus").exists():  # cgroup v1 cpuset is empty until copied down
@@ -555,8 +582,8 @@ exec setpriv --bounding-set -sys_module,-sys_time,-sys_rawio \\
 """)
         procs = " ".join(str(d / "cgroup.procs") for d in self.cgroup_dirs(i))
         join = f'for procs in {procs}; do echo $$ > "$procs"; done; exec "$@"'
-        self._start(i, ["sh", "-c", join, "join", "ip", "netns", "exec", self.netns(i), "unshare", "--cgroup", "--pid",
-                        "--fork", "--mount", "--uts", "--kill-child", "sh", str(boot)])  # fmt: skip
+        self._start(i, ["sh", "-c", join, "join", "ip", "netns", "exec", self.netns(i), "unshare", "--cgroup", "--ipc",
+                        "--pid", "--fork", "--mount", "--uts", "--kill-child", "sh", str(boot)])  # fmt: skip
 
     def wait_ssh(self, hosts: list[int], deadline: float) -> tuple[list[int], list[int]]:
         """(silent, dead): hosts whose sshd has not answered by the deadline, and hosts that died
@@ -588,7 +615,7 @@ exec setpriv --bounding-set -sys_module,-sys_time,-sys_rawio \\
         lines = [f"neigh replace {ip} lladdr {mac} dev {self.bridge} nud permanent" for ip, mac in entries.items()]
         run("ip", "-batch", "-", input_text="\n".join(lines) + "\n")
 
-    def remove_all(self) -> None:
+    def remove_all(self) -> bool:
         """Everything, host by host: one host that fails to go does not keep the others (or their
         disks, which a later lab would otherwise boot from) alive."""
         failures = []
@@ -608,7 +635,7 @@ exec setpriv --bounding-set -sys_module,-sys_time,-sys_rawio \\
         try:
             self.state.parent.rmdir()  # the labs' common parent, once no lab is left in it
         except OSError:
-            return  # another lab is still up: its hosts' bind mounts sit on the mount points
+            return False  # another lab is still up: its hosts' bind mounts sit on the mount points
         # Only now the empty mount points this module made may go: removing a directory that is
         # a mount point in another mount namespace silently unmounts it there (Linux >= 3.18),
         # which would make every host of another lab share the controller's directory.
@@ -617,6 +644,7 @@ exec setpriv --bounding-set -sys_module,-sys_time,-sys_rawio \\
                 Path(point).rmdir()
             except OSError:
                 pass
+        return True
 
 
 def reconcile(module: AnsibleModule, lab: Lab, size: int, ssh_wait: int) -> dict[str, object]:
@@ -627,6 +655,9 @@ def reconcile(module: AnsibleModule, lab: Lab, size: int, ssh_wait: int) -> dict
     names = {"built": [lab.name(i) for i in built], "removed": [lab.name(i) for i in removed]}
     if module.check_mode:
         return {"changed": bool(built or removed), **names}
+    if lab.init == "systemd":
+        for i in rebuilt:  # before anything is removed: a refused disk must stay as it was
+            lab.check_disk(i)
     lab.ensure_base()
     for i in removed:
         lab.remove_host(i, keep_disk=False)
@@ -677,7 +708,10 @@ def main() -> None:
     if p["state"] == "present" and recorded and init != recorded and (Path(p["state_dir"]) / "hosts").exists():
         module.fail_json(msg=f"lab {p['prefix']} has {recorded} hosts: pass lab_init={recorded}, or remove it "
                              f"first with lab-down.yml to build {init} hosts")  # fmt: skip
-    for tool in ["ip", "unshare", "ssh-keygen"] + (["/usr/sbin/sshd"] if init == "sshd" else ["chroot", "setpriv"]):
+    tools = ["ip"] if p["state"] == "absent" else ["ip", "unshare", "ssh-keygen"]
+    if p["state"] == "present":
+        tools += ["/usr/sbin/sshd"] if init == "sshd" else ["chroot", "setpriv"]
+    for tool in tools:
         if shutil.which(tool) is None:
             module.fail_json(msg=f"{tool} not found; install iproute2, util-linux, coreutils and openssh-server")
     try:
@@ -692,7 +726,9 @@ def main() -> None:
             lab = Lab(p["prefix"], p["subnet"], Path(p["state_dir"]))
             if module.check_mode:
                 module.exit_json(changed=bool(lab.existing()) or lab.state.exists(), hosts=[])
-            lab.remove_all()
+            if lab.remove_all():  # no lab left: no host can boot from an old root any more
+                cache = Path(p["rootfs_cache"])
+                prune_roots(cache, rootfs_path(cache, p["release"]))
             module.exit_json(changed=lab.changed, hosts=[])
         rootfs = None
         if init == "systemd" and not module.check_mode:
