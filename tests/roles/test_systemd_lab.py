@@ -275,3 +275,36 @@ def test_lab_hosts_fails_with_a_reason_not_a_traceback(tmp_path):
     assert answer["msg"] == "lab sgz: No such file or directory (/proc/sgz-lab)"
     assert "Traceback" not in result.stdout + result.stderr
     assert "sgz-br0" not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+
+
+def load_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("lab_hosts", MODULE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("first", ["init", "upper", "host.pid"])
+def test_a_rebuild_keeps_a_dead_systemd_hosts_whole_disk_whatever_the_directory_order(tmp_path, monkeypatch, first):
+    lab_hosts = load_module()
+    lab = lab_hosts.Lab("sgq", "198.18.133.0/24", tmp_path, "systemd", tmp_path / "root-of-recipe")
+    host = lab.dir(1)
+    (host / "upper" / "var" / "lib" / "gossip-agent").mkdir(parents=True)
+    (host / "upper" / "var" / "lib" / "gossip-agent" / "journal.db").write_text("own entries")
+    (host / "ssh").mkdir()
+    for name, text in {"init": "systemd", "lower": str(tmp_path / "root-of-recipe"), "machine-id": "x",
+                       "host.log": "", "host.pid": "999999999", "boot.sh": ""}.items():  # fmt: skip
+        (host / name).write_text(text)
+    (host / "work").mkdir()
+    listed = Path.iterdir
+
+    def in_order(path: Path):  # the directory's order decides which entry is judged first
+        entries = list(listed(path))
+        return iter(sorted(entries, key=lambda p: p.name != first))
+
+    monkeypatch.setattr(Path, "iterdir", in_order)
+    lab.remove_host(1, keep_disk=True)
+    assert {p.name for p in listed(host)} == lab_hosts.DISK["systemd"] - {"root"}
+    assert (host / "upper" / "var" / "lib" / "gossip-agent" / "journal.db").read_text() == "own entries"
