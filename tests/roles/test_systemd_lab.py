@@ -118,6 +118,22 @@ def test_deploy_changes_every_host_and_a_rerun_changes_nothing(lab):
     assert {host: counts["changed"] for host, counts in again.items()} == dict.fromkeys(again, 0)
 
 
+def test_deploy_in_check_mode_reports_and_changes_nothing(lab):
+    spec, _, _ = lab
+    check = run(spec, "deploy.yml", "--check")
+    assert check.returncode == 0
+    assert {host: counts["changed"] for host, counts in recap(check.stdout).items()} == dict.fromkeys(
+        ("h01", "h02", "h03"), 0
+    )
+    key = json.dumps({"gossip_agent_keys": ["q83vEjRWeJCrze8SNFZ4kKvN7xI0VniQq83vEjRWeJA="]})
+    keyed = run(spec, "deploy.yml", "--check", "-e", key)  # a new keyring, a new install (crypto)
+    assert keyed.returncode == 0
+    assert all(counts["changed"] > 0 for counts in recap(keyed.stdout).values())
+    for host in hosts(spec, spec.inventory.parent).values():  # it only said what it would do
+        assert not host.file("/etc/gossip-agent/keyring.json").exists
+        assert "keyring_file" not in host.check_output("cat /etc/gossip-agent/agent.yaml")
+
+
 def test_systemd_runs_the_agent_as_a_unit_reachable_only_as_configured(lab, tmp_path):
     spec, _, _ = lab
     all_hosts = hosts(spec, tmp_path)
