@@ -76,6 +76,7 @@ def run(seed: int, profile: str, overrides: dict[str, float], partition: tuple[f
         "msgs_per_op": messages / max(1, len(written)),
         "datagrams_per_op": stats.get("datagrams_out", 0) / max(1, len(written)),
         "streams_per_op": 2 * streams / max(1, len(written)),
+        "eager_per_op": stats.get("eager_datagrams", 0) / max(1, len(written)),
         "median": statistics.median(latencies),
         "p99": percentile(latencies, 99),
         "max": max(latencies),
@@ -98,16 +99,16 @@ def main() -> None:
         partition = (float(start), float(end))
     print(f"maelstrom broadcast: {NODES} nodes, {LATENCY * 1000:.0f} ms latency, {RATE} writes/s for {SECONDS} s, "
           f"profile {args.profile} {overrides or ''} partition {args.partition or 'none'}")  # fmt: skip
-    print(f"{'seed':>5} {'valid':>6} {'msgs/op':>8} {'dgrams':>7} {'streams':>8} {'median ms':>10} {'p99 ms':>7} "
-          f"{'max ms':>7} {'heal s':>7}")  # fmt: skip
+    print(f"{'seed':>5} {'valid':>6} {'msgs/op':>8} {'dgrams':>7} {'eager':>6} {'streams':>8} {'median ms':>10} "
+          f"{'p99 ms':>7} {'max ms':>7} {'heal s':>7}")  # fmt: skip
     rows = []
     for seed in range(int(first), int(last or first) + 1):
         row = run(seed, args.profile, overrides, partition)
         rows.append(row)
         heal = "-" if row["after_heal"] is None else f"{row['after_heal']:.2f}"
         print(f"{seed:>5} {row['valid']!s:>6} {row['msgs_per_op']:>8.2f} {row['datagrams_per_op']:>7.2f} "
-              f"{row['streams_per_op']:>8.2f} {row['median'] * 1000:>10.0f} {row['p99'] * 1000:>7.0f} "
-              f"{row['max'] * 1000:>7.0f} {heal:>7}", flush=True)  # fmt: skip
+              f"{row['eager_per_op']:>6.2f} {row['streams_per_op']:>8.2f} {row['median'] * 1000:>10.0f} "
+              f"{row['p99'] * 1000:>7.0f} {row['max'] * 1000:>7.0f} {heal:>7}", flush=True)  # fmt: skip
     msgs, median = statistics.mean(r["msgs_per_op"] for r in rows), statistics.mean(r["median"] for r in rows)
     print(f"mean: {msgs:.2f} msgs/op, median {median * 1000:.0f} ms, max {max(r['max'] for r in rows) * 1000:.0f} ms")
 

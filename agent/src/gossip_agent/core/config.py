@@ -42,8 +42,19 @@ class Config:
     gossip_interval: float = 0.2
     # Members each round's gossip goes to, per scope.
     fanout: int = 3
-    # Each event is sent retransmit_mult * ceil(log10(n+1)) times, n = members of its scope.
+    # Each cluster event (membership, attachments) is sent retransmit_mult * ceil(log10(n+1))
+    # times, n = members of the cluster.
     retransmit_mult: int = 4
+    # Each table event is sent lazy_retransmit_mult * ceil(log10(n+1)) times by periodic gossip,
+    # n = members of its network: the eager tree has delivered it already unless a datagram was
+    # lost or views differ, so this is repair, and the digest (then a sync) repairs the rest.
+    lazy_retransmit_mult: int = 2
+    # Children of each member in a network's eager tree (see `Node._tree_targets`): a fresh event
+    # reaches all n members of its network in at most 1 + log_k(n) hops without waiting for a round.
+    tree_fanout: int = 5
+    # Seconds a fresh event waits for others going to the same member, so mass churn travels as
+    # full datagrams, not one per event per hop; a full datagram goes at once.
+    eager_delay: float = 0.02
     # Largest datagram we build, in bytes (fits a 1500-byte MTU with room for headers and crypto).
     packet_size: int = 1400
     # Bytes one network may send per gossip round while it has a backlog; bounds bursts.
@@ -78,9 +89,9 @@ class Config:
         low = self.suspicion_mult * scale * self.probe_interval
         return low, low * self.suspicion_max_timeout_mult
 
-    def retransmit_limit(self, members: int) -> int:
+    def retransmit_limit(self, members: int, mult: int | None = None) -> int:
         """How many times one event is sent by one node in a scope of `members` nodes."""
-        return self.retransmit_mult * max(1, math.ceil(math.log10(members + 1)))
+        return (mult or self.retransmit_mult) * max(1, math.ceil(math.log10(members + 1)))
 
     def with_overrides(self, overrides: dict[str, Any]) -> Config:
         """A copy with some fields changed; unknown names or wrong types raise ValueError."""
@@ -128,6 +139,7 @@ def local() -> Config:
         suspicion_max_timeout_mult=3.0,  # scenarios kill agents on purpose; do not wait 6x
         push_pull_interval=15.0,
         reconnect_interval=1.0,  # a healed lab partition should merge within a second or two
+        eager_delay=0.005,  # links of microseconds: the wait for a batch is most of a hop
         bulk_sync_interval=10.0,
     )
 

@@ -12,6 +12,8 @@ drops (and counts) table events of networks it is not in.
 
 from __future__ import annotations
 
+import zlib
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -79,7 +81,9 @@ MAX_ABSORB_BACKLOG = MAX_STREAM_ITEMS
 class StaticCluster(Protocol):
     """A fixed, shared view of who is in which network (the simulator's cheap mode for 10,000 nodes)."""
 
-    def network_nodes(self, network: str) -> Sequence[str]: ...
+    def network_nodes(self, network: str) -> Sequence[str]:
+        """The network's members, in name order (the eager tree is laid over it)."""
+        ...
 
     def address(self, name: str) -> Address: ...
 
@@ -108,6 +112,7 @@ class _NetworkState:
     queue: BroadcastQueue
     next_sync_at: float
     hot_until: float = 0.0
+    fresh_at: float = -1e9  # when a version new to us last arrived or was written
     mismatch_rounds: int = 0
     syncing: int | None = None  # id of the stream of a sync in flight
     needs_join_sync: bool = True
@@ -177,6 +182,10 @@ class Node:
         self.next_push_pull_at = now + config.push_pull_interval * (0.5 + rng.random())
         self.next_reap_at = now + min(60.0, config.tombstone_ttl)
         self._datagrams: list[tuple[Address, bytes]] = []
+        # Fresh events waiting up to `eager_delay` to be pushed down the eager tree, per
+        # destination: [bytes queued, encoded events]; and when the oldest of them is due.
+        self._eager: dict[Address, tuple[list[int], list[bytes]]] = {}
+        self._eager_due: float | None = None
         self._streams: list[StreamRequest] = []
         self._pending: dict[int, _PendingStream] = {}
         self._stream_ids = 0
@@ -385,9 +394,66 @@ class Node:
         self._rumor(state, event, now)
         return event
 
-    def _rumor(self, state: _NetworkState, event: TableEvent, now: float) -> None:
-        state.queue.put((event.table, event.key), encode_message(event))
+    def _rumor(self, state: _NetworkState, event: TableEvent, now: float, sender: str | None = None) -> None:
+        """A version new to us (our write, or first received from `sender`): pushed at once down
+        the network's eager tree, and queued for the periodic gossip that repairs what the tree
+        missed (a member dead or unknown to someone, a datagram lost)."""
+        encoded = encode_message(event)
+        state.queue.put((event.table, event.key), encoded)
         state.hot_until = now + HOT_ROUNDS * self.config.gossip_interval
+        state.fresh_at = now
+        for target in self._tree_targets(event.network, event.owner):
+            if target != sender:
+                self._push_eager(target, encoded, now)
+
+    def _tree_targets(self, network: str, owner: str) -> list[str]:
+        """Where a fresh event of `owner` goes from us: our children in the network's tree, and,
+        for our own writes, its root.
+
+        The tree is a `tree_fanout`-ary heap over the network's live members in name order,
+        rotated to start at a place drawn from the network's name (so one member is not the root
+        of every network it is in), which every member computes alike from membership alone: no
+        state to build, repair or poison. A writer sends to the root and to its own children; every
+        member forwards to its children (not back to the writer). So each member receives each event
+        once by the tree, in at most 1 + log_k(n) hops, and every event of a network crosses the
+        same few links, which is what batching per destination needs (a tree per writer would
+        spread 100 writes/s over every pair of members, one event per datagram)."""
+        if self.static is not None:
+            members = self.static.network_nodes(network)  # sorted, with us
+        else:
+            peers = self.peers_in(network)  # sorted, without us
+            index = bisect_left(peers, self.name)
+            members = [*peers[:index], self.name, *peers[index:]]
+        size = len(members)
+        root = zlib.crc32(network.encode()) % size  # the tree's place p is members[(p + root) % size]
+        place = (bisect_left(members, self.name) - root) % size
+        fanout = self.config.tree_fanout
+        places = list(range(fanout * place + 1, min(size, fanout * place + fanout + 1)))
+        if owner == self.name and place != 0:
+            places.append(0)
+        return [t for t in (members[(p + root) % size] for p in places) if t != owner]
+
+    def _push_eager(self, target: str, encoded: bytes, now: float) -> None:
+        addr = self.address_of(target)
+        if addr is None:
+            return
+        size, box = self._eager.setdefault(addr, ([0], []))
+        if size[0] + len(encoded) > self._space and box:
+            self._emit(addr, box)  # a full datagram goes at once: mass churn is not delayed
+            box.clear()
+            size[0] = 0
+        box.append(encoded)
+        size[0] += len(encoded)
+        if self._eager_due is None:
+            self._eager_due = now + self.config.eager_delay
+
+    def _flush_eager(self) -> None:
+        for addr, (_, box) in self._eager.items():
+            if box:
+                self.count("eager_datagrams")
+                self._emit(addr, box)
+        self._eager.clear()
+        self._eager_due = None
 
     def join(self, seeds: Iterable[Address], now: float) -> None:
         """Exchange full state with each seed; their answers bring us into the cluster. Seeds
@@ -442,7 +508,7 @@ class Node:
     def _handle_message(self, sender: str, addr: Address, msg: Message, now: float) -> None:
         m = self.membership
         if isinstance(msg, TableEvent):
-            self._on_table_event(msg, now)
+            self._on_table_event(msg, now, sender)
         elif isinstance(msg, NetworkDigest):
             self._on_digest(sender, msg, now)
         elif isinstance(msg, Ping):
@@ -522,7 +588,7 @@ class Node:
             self.count("own_rewritten")
             self._write(old.network, old.table, old.key, old.value, old.deleted, now, old.wall_ms)
 
-    def _on_table_event(self, event: TableEvent, now: float) -> None:
+    def _on_table_event(self, event: TableEvent, now: float, sender: str) -> None:
         self.count("events_in")
         state = self.networks.get(event.network)
         if state is None:
@@ -548,7 +614,7 @@ class Node:
         self.count("events_new")
         if change.visible:
             self._changes.append(change)
-        self._rumor(state, event, now)
+        self._rumor(state, event, now, sender)
 
     def _on_digest(self, sender: str, msg: NetworkDigest, now: float) -> None:
         state = self.networks.get(msg.network)
@@ -560,7 +626,11 @@ class Node:
             state.mismatch_rounds = 0
             state.returned.discard(sender)  # a returner whose table equals ours: no sync needed
             return
-        state.mismatch_rounds += 1
+        if now - state.fresh_at >= self.config.gossip_interval:
+            # News still arriving means rumours are in flight and digests differ for that alone:
+            # a sync now would mostly fetch what they are bringing (under steady writes, most of
+            # every sync was such copies). A peer far behind is still pulled from at once.
+            state.mismatch_rounds += 1
         behind = msg.count > table.count + self.config.digest_pull_threshold
         if (behind or state.mismatch_rounds >= self.config.digest_mismatch_rounds) and state.syncing is None:
             state.mismatch_rounds = 0
@@ -878,6 +948,8 @@ class Node:
 
     def next_deadline(self) -> float:
         times = [self.next_gossip_at, self.next_reap_at]
+        if self._eager_due is not None:
+            times.append(self._eager_due)
         if self.static is None:
             times += [self.membership.next_deadline(), self.next_push_pull_at]
         times.extend(s.next_sync_at for s in self.networks.values())
@@ -897,6 +969,8 @@ class Node:
             return
         if self._absorbing:
             self._absorb_slice(now)
+        if self._eager_due is not None and now >= self._eager_due:
+            self._flush_eager()
         if self.static is None:
             self._tick_cluster(now)
         if now >= self.next_gossip_at:
@@ -973,7 +1047,7 @@ class Node:
         if not targets:
             return
         size = len(self.peers_in(network)) + 1 if self.static is None else len(self.static.network_nodes(network))
-        limit = self.config.retransmit_limit(size)
+        limit = self.config.retransmit_limit(size, self.config.lazy_retransmit_mult)
         digest = encode_message(NetworkDigest(network, state.table.digest, state.table.count))
         budget = max(self.config.gossip_round_budget // len(targets), self.config.packet_size)
         for target in targets:

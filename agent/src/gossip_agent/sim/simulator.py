@@ -49,7 +49,7 @@ class StaticView:
     """The simulator's shared, fixed cluster view (membership='static')."""
 
     def __init__(self, members: dict[str, tuple[str, ...]], addresses: dict[str, Address]) -> None:
-        self._members = {net: list(names) for net, names in members.items()}
+        self._members = {net: sorted(names) for net, names in members.items()}  # sorted: see StaticCluster
         self._addresses = addresses
 
     def network_nodes(self, network: str) -> list[str]:

@@ -1,0 +1,127 @@
+"""Eager push down a network's tree: every member gets a fresh event once, within the tree's
+depth, with no gossip round; batched per destination; and digests do not start syncs while news is
+still arriving."""
+
+from __future__ import annotations
+
+import random
+import string
+from dataclasses import replace
+
+import pytest
+
+from gossip_agent.core.config import local
+from gossip_agent.core.node import Node
+from gossip_agent.core.wire import NetworkDigest, TableEvent, encode_datagram
+
+from .test_node import Wire
+
+
+class _Sorted:
+    """A static view: the network's members in name order, as `StaticCluster` promises."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = sorted(names)
+
+    def network_nodes(self, network: str) -> list[str]:
+        return self.names
+
+    def address(self, name: str) -> tuple[str, int]:
+        return (name, 7946)
+
+
+def _levels(size: int, fanout: int) -> int:
+    """Levels below the root of a `fanout`-ary heap of `size` places."""
+    levels, reach, width = 0, 1, 1
+    while reach < size:
+        width *= fanout
+        reach += width
+        levels += 1
+    return levels
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_tree_delivers_each_event_once_to_every_member_within_its_depth(seed):
+    rng = random.Random(seed)
+    print(f"seed {seed}")
+    size, fanout = rng.randint(1, 90), rng.randint(1, 7)
+    names = list({"".join(rng.choices(string.ascii_lowercase, k=rng.randint(1, 6))) for _ in range(size)})
+    view = _Sorted(names)
+    config = replace(local(), tree_fanout=fanout)
+    nodes = {n: Node(n, (n, 7946), config, random.Random(1), 0.0, static=view) for n in names}
+    network = "".join(rng.choices(string.ascii_letters, k=8))
+    for owner in rng.sample(names, min(5, len(names))):
+        received = {owner: 0}
+        hops = 0
+        frontier = [(t, owner) for t in nodes[owner]._tree_targets(network, owner)]
+        while frontier:
+            hops += 1
+            following = []
+            for name, sender in frontier:
+                assert name != owner, "an event is never sent back to its writer"
+                received[name] = received.get(name, 0) + 1
+                if received[name] == 1:  # forwarded on first receipt only, never to its sender
+                    following += [(t, name) for t in nodes[name]._tree_targets(network, owner) if t != sender]
+            frontier = following
+        assert received == {n: (0 if n == owner else 1) for n in names}
+        assert hops <= 1 + _levels(len(names), fanout)
+
+
+def _quiet_wire(names: list[str], networks: dict[str, list[str]]) -> Wire:
+    """Formed, then with periodic gossip and syncs off: only the eager tree can carry news."""
+    wire = Wire(names)
+    wire.form(networks)
+    for node in wire.nodes.values():
+        node.config = replace(node.config, gossip_interval=1e6, bulk_sync_interval=1e6)
+        node.next_gossip_at = float("inf")
+        for state in node.networks.values():
+            state.next_sync_at = float("inf")
+    return wire
+
+
+def test_a_fresh_write_reaches_every_member_without_a_gossip_round_and_no_one_else():
+    names = [f"h{i:02d}" for i in range(1, 17)]
+    inside, outside = names[:13], names[13:]
+    wire = _quiet_wire(names, {"blue": inside, "red": outside})
+    for writer in ("h01", "h07", "h13"):
+        wire.nodes[writer].write("blue", "t", f"from-{writer}", b"v", wire.now, 0)
+    wire.run(0.1)  # eager_delay is 5 ms in the local profile
+    for name in inside:
+        assert wire.keys(name, "blue") == {"from-h01", "from-h07", "from-h13"}, name
+    for name in outside:
+        assert wire.nodes[name].stats.get("dropped_out_of_scope", 0) == 0, name
+    # Each of the 12 other members got each write once by the tree.
+    assert sum(n.stats.get("events_new", 0) for n in wire.nodes.values()) == 3 * 12
+
+
+def test_a_burst_goes_in_full_datagrams_not_one_per_event():
+    names = [f"h{i}" for i in range(1, 5)]
+    wire = _quiet_wire(names, {"blue": names})
+    writer = wire.nodes["h1"]
+    before = writer.stats.get("datagrams_out", 0)
+    for i in range(300):
+        writer.write("blue", "t", f"ep-{i:04d}", b"198.19.0.1/16 02:42:c6:13:00:01", wire.now, 0)
+    wire.run(0.1)
+    for name in names:
+        assert len(wire.keys(name, "blue")) == 300
+    # Three destinations; 300 events of ~90 bytes fill ~20 datagrams each, not 300 each.
+    sent = writer.stats.get("datagrams_out", 0) - before
+    assert sent <= 3 * 25, sent
+
+
+def test_digests_start_no_sync_while_news_still_arrives_and_do_once_it_stops():
+    wire = Wire(["a", "b"])
+    wire.form({"blue": ["a", "b"]})
+    node = wire.nodes["a"]
+    config = node.config
+    other = NetworkDigest("blue", 12345, node.networks["blue"].table.count)  # differs, not far behind
+    now = wire.now
+    for i in range(3 * config.digest_mismatch_rounds):
+        now += config.gossip_interval
+        fresh = TableEvent("blue", "t", f"k{i}", b"v", "b", 10**6 + i, 0, False)
+        node.handle_datagram(wire.nodes["b"].addr, encode_datagram("b", [fresh, other]), now)
+    assert not node.take_streams(), "a sync started while rumours were still arriving"
+    for _ in range(config.digest_mismatch_rounds):
+        now += config.gossip_interval
+        node.handle_datagram(wire.nodes["b"].addr, encode_datagram("b", [other]), now)
+    assert [r for r in node.take_streams()], "a lasting difference must start a sync"
