@@ -1,6 +1,7 @@
 """Daemon benchmarks on loopback: real agent processes, real sockets. Prints figures.
 
     python bench/agent_bench.py                 # 30 agents: 1,000 and 10,000 entries, idle CPU, RSS
+    python bench/agent_bench.py --only requests # 30 agents, 4 writers, one entry per API request
     python bench/agent_bench.py --only decode   # events decoded and merged per second, one core
     python bench/agent_bench.py --agents 10     # a smaller cluster
 
@@ -13,6 +14,7 @@ import argparse
 import random
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from gossip_agent.core.config import lan  # noqa: E402
 from gossip_agent.core.node import Node  # noqa: E402
 from gossip_agent.core.wire import TableEvent, encode_datagram  # noqa: E402
+from gossip_agent.runtime.client import Session  # noqa: E402
 from tests.agent.agents import Cluster, wait_for  # noqa: E402
 
 TICKS = 100  # clock ticks per second, for /proc/<pid>/stat
@@ -67,6 +70,77 @@ def churn_phase(cluster: Cluster, count: int, prefix: str) -> None:
         f"{count:>8,} {created:>12.2f} {deleted:>12.2f} {cpu_create:>16.1f} {rss_writer:>11.1f} {rss_reader:>11.1f}",
         flush=True,
     )
+
+
+def received(cluster: Cluster) -> tuple[int, int]:
+    """Table events received by gossip (eager tree and rumours) and by sync, over all agents."""
+    gossip = sync = 0
+    for agent in cluster.agents.values():
+        counters = agent.api("GET", "/stats")["counters"]
+        gossip += counters.get("events_in", 0)
+        sync += counters.get("sync_entries_in", 0)
+    return gossip, sync
+
+
+def requests_phase(cluster: Cluster, count: int, writers: int, delete: bool) -> None:
+    """The side-by-side method: `writers` agents, each sent its share of `count` entries one per
+    API request on a kept-alive connection, all at once; then until every agent agrees."""
+    names = sorted(cluster.agents)[:writers]
+    pids = [a.process.pid for a in cluster.agents.values() if a.process]
+    cpu_before = sum(cpu_seconds(p) for p in pids)
+    gossip_before, sync_before = received(cluster)
+    failures: list[BaseException] = []
+
+    def write(name: str, index: int) -> None:
+        try:
+            with Session(cluster.agents[name].socket) as session:
+                for i in range(index, count, writers):
+                    entry = {"table": "endpoints", "key": f"req-{i:06d}"}
+                    if delete:
+                        session.request("DELETE", "/networks/net/entries", {"entries": [entry]})
+                    else:
+                        value = f"198.19.{(i >> 8) & 255}.{i & 255}/16 02:42:c6:13:{(i >> 8) & 255:02x}:{i & 255:02x}"
+                        session.request("POST", "/networks/net/entries", {"entries": [{**entry, "value": value}]})
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n, i)) for i, n in enumerate(names)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    written = time.monotonic() - started
+    if failures:
+        raise failures[0]
+    after = converge(cluster, 0 if delete else count, f"{count} {'deletes' if delete else 'entries'} everywhere")
+    cpu = sum(cpu_seconds(p) for p in pids) - cpu_before
+    gossip, sync = received(cluster)
+    needed = count * (len(cluster.agents) - 1)
+    print(
+        f"{'delete' if delete else 'create':>7} {count:>7,} {count / written:>8,.0f} {after:>10.2f} "
+        f"{(gossip - gossip_before) / needed:>7.2f} + {(sync - sync_before) / needed:<5.2f} {cpu:>9.1f}",
+        flush=True,
+    )
+
+
+def requests_bench(agents: int, writers: int = 4) -> None:
+    with tempfile.TemporaryDirectory(prefix="gossip-bench-") as tmp:
+        cluster = Cluster(Path(tmp), 251)
+        try:
+            cluster.start(agents, lambda i: ["net"], profile="lan")
+            wait_for(lambda: cluster.alive_everywhere(set(cluster.agents)), 120, f"{agents} agents alive everywhere")
+            print(
+                f"\n## {agents} agents (lan profile), {writers} writers, one entry per request, kept-alive connections"
+            )
+            print(
+                f"{'':>7} {'entries':>7} {'req/s':>8} {'after s':>10} {'copies (gossip + sync)':>22} {'CPU-s all':>9}"
+            )
+            for count in (1000, 10_000):
+                requests_phase(cluster, count, writers, delete=False)
+                requests_phase(cluster, count, writers, delete=True)
+        finally:
+            cluster.stop()
 
 
 def cluster_bench(agents: int) -> None:
@@ -133,13 +207,15 @@ def decode_bench(events: int = 200_000) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=("cluster", "decode"))
+    parser.add_argument("--only", choices=("cluster", "decode", "requests"))
     parser.add_argument("--agents", type=int, default=30)
     args = parser.parse_args()
     if args.only in (None, "decode"):
         decode_bench()
     if args.only in (None, "cluster"):
         cluster_bench(args.agents)
+    if args.only in (None, "requests"):
+        requests_bench(args.agents)
 
 
 if __name__ == "__main__":

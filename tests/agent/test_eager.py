@@ -125,3 +125,40 @@ def test_digests_start_no_sync_while_news_still_arrives_and_do_once_it_stops():
         now += config.gossip_interval
         node.handle_datagram(wire.nodes["b"].addr, encode_datagram("b", [other]), now)
     assert [r for r in node.take_streams()], "a lasting difference must start a sync"
+
+
+def test_a_version_had_by_sync_first_goes_on_down_the_tree_when_its_tree_copy_comes_once():
+    names = [f"h{i}" for i in range(1, 9)]
+    wire = _quiet_wire(names, {"blue": names})
+    event = TableEvent("blue", "t", "ep", b"v", "h1", 10**9, 0, False)
+    # A member with children in h1's tree for this event, and its parent there.
+    node = next(n for n in wire.nodes.values() if n.name != "h1" and n._tree_targets("blue", "h1"))
+    children = set(node._tree_targets("blue", "h1"))
+    parent = next(n for n in wire.nodes.values() if node.name in n._tree_targets("blue", "h1"))
+    node.networks["blue"].table.apply(event, wire.now)  # as a sync merges it: not sent on
+    for copy in range(2):
+        node.handle_datagram(parent.addr, encode_datagram(parent.name, [event]), wire.now)
+        node._flush_eager()
+        sent_to = {wire.by_address[addr[0]] for addr, _ in node.take_datagrams()}
+        assert sent_to == (children if copy == 0 else set()), f"copy {copy}"
+
+
+def test_a_sync_still_brings_what_the_tree_lost():
+    names = ["a", "b", "c"]
+    wire = _quiet_wire(names, {"blue": names})
+    b = wire.nodes["b"]
+    for i in range(30):
+        b.write("blue", "t", f"ep-{i}", b"v", wire.now, 0)
+    b.take_datagrams()  # nothing yet: the tree's batch waits for eager_delay
+    wire.run(0.1)
+    lost = [addr for addr, _ in b.take_datagrams()]
+    assert not lost
+    for i in range(30, 40):  # these go down the tree to no one
+        b.write("blue", "t", f"ep-{i}", b"v", wire.now, 0)
+    b._flush_eager()
+    b.take_datagrams()
+    state = wire.nodes["a"].networks["blue"]
+    wire.nodes["a"]._start_sync("blue", state, "b", wire.now, "digest")
+    wire.deliver()
+    assert len(wire.keys("a", "blue")) == 40
+    assert b.stats.get("sync_entries_out", 0) == 10

@@ -16,7 +16,8 @@ def view(table):
 
 def sync(src: NetworkTable, dst: NetworkTable, ok=lambda owner: True):
     """One direction of a delta sync, as the node runs it."""
-    events, full = src.delta_for(dst.sync_digest())
+    digest = dst.sync_digest()
+    events, full = src.delta_for(digest, held=dst.held_above(digest, 1000))
     dst.absorb(events, src.sync_digest(), full, 0.0, ok)
     return events
 
@@ -77,7 +78,7 @@ def test_delta_sync_sends_only_what_the_peer_lacks_and_raises_watermarks():
     for i in range(1, 51):
         dst.apply(ev(f"k{i}", "a", i), 0)
     sent = sync(src, dst)
-    assert len(sent) == 100  # dst's watermark was 0: everything above it
+    assert len(sent) == 50  # above dst's watermark (0), less the versions dst said it held
     assert dst.watermarks["a"] == 100
     assert view(dst) == view(src)
     src.apply(ev("k101", "a", 101), 0)
@@ -142,3 +143,36 @@ def test_withdrawn_owner_reports_no_watermark_and_is_not_raised_by_a_peer_that_w
     sync(full_copy, a)
     assert {k for k, _, _ in view(a)} == {"k1", "k2", "k3"}
     assert a.watermarks["o"] == 3
+
+
+def test_versions_held_above_the_mark_are_not_sent_again():
+    src, dst = NetworkTable("net"), NetworkTable("net")
+    for i in range(1, 6):
+        src.apply(ev(f"k{i}", lamport=i), 0)
+    src.watermarks["a"] = 5  # src is the owner: complete
+    sync(src, dst)
+    assert dst.watermarks["a"] == 5
+    for i in range(6, 11):
+        src.apply(ev(f"k{i}", lamport=i), 0)
+    for i in (6, 8, 10):  # came by the tree: above dst's mark
+        dst.apply(ev(f"k{i}", lamport=i), 0)
+    digest = dst.sync_digest()
+    held = dst.held_above(digest, 1000)
+    assert held == {"a": frozenset({6, 8, 10})}
+    events, _ = src.delta_for(digest, held=held)
+    assert sorted(e.lamport for e in events) == [7, 9]
+    events, _ = src.delta_for(digest)  # without them, the whole delta above the mark
+    assert sorted(e.lamport for e in events) == [6, 7, 8, 9, 10]
+
+
+def test_held_leaves_out_withdrawn_owners_ourselves_and_what_does_not_fit():
+    t = NetworkTable("net")
+    for i in range(1, 4):
+        t.apply(ev(f"a{i}", "a", i), 0)
+        t.apply(ev(f"b{i}", "b", i), 0)
+        t.apply(ev(f"me{i}", "me", i), 0)
+        t.apply(ev(f"gone{i}", "gone", i), 0)
+    t.withdraw_owner("gone", 0)
+    assert set(t.held_above(t.sync_digest(), 1000, skip="me")) == {"a", "b"}
+    assert sum(map(len, t.held_above({}, 4, skip="me").values())) <= 4
+    assert t.held_above({}, 2) == {}  # three times per owner: none fits, each is sent whole

@@ -27,7 +27,9 @@ DATAGRAM_MESSAGES = [
 STREAM_MESSAGES = [
     wire.PushPull((wire.MemberState("w1", ("198.18.0.1", 7946), 2, 0),), (wire.NodeNetwork("w1", "n", 1, True),), True),
     wire.SyncRequest("net-a", {"w1": (7, 12345)}),
+    wire.SyncRequest("net-a", {"w1": (7, 12345)}, {"w1": frozenset({8, 2**60})}),
     wire.SyncResponse("net-a", (EVENT,), {"w1": (7, 1)}, ("w1",), True),
+    wire.SyncResponse("net-a", (EVENT,), {"w1": (7, 1)}, ("w1",), True, {"w2": frozenset({9})}),
     wire.SyncPush("net-a", (EVENT,), {}, ()),
     wire.StreamAck(),
 ]
@@ -124,3 +126,20 @@ def test_mutated_datagrams_decode_or_raise_remote_protocol_error(data):
     assert isinstance(sender, str)
     assert all(isinstance(m, wire.Message) for m in messages)
     wire.encode_datagram(sender, messages)
+
+
+def test_sync_messages_of_agents_that_send_no_held_versions_still_decode():
+    old_request = [int(wire.MessageType.SYNC_REQUEST), "net-a", [["w1", 7, 1]]]
+    old_response = [int(wire.MessageType.SYNC_RESPONSE), "net-a", [], [["w1", 7, 1]], [], True]
+    for body in (old_request, old_response):
+        data = msgpack.packb([wire.PROTOCOL_VERSION, "w2", body], use_bin_type=True)
+        _, message = wire.decode_frame(data, 1 << 20)
+        assert message.held == {}
+
+
+def test_too_many_held_versions_are_refused():
+    held = [["w1", list(range(wire.MAX_HELD))], ["w2", [1]]]
+    body = [int(wire.MessageType.SYNC_REQUEST), "net-a", [], held]
+    data = msgpack.packb([wire.PROTOCOL_VERSION, "w2", body], use_bin_type=True)
+    with pytest.raises(RemoteProtocolError):
+        wire.decode_frame(data, 1 << 24)

@@ -43,12 +43,8 @@ class Config:
     # Members each round's gossip goes to, per scope.
     fanout: int = 3
     # Each cluster event (membership, attachments) is sent retransmit_mult * ceil(log10(n+1))
-    # times, n = members of the cluster.
+    # times, n = members of the cluster. (Table events go down the eager tree instead.)
     retransmit_mult: int = 4
-    # Each table event is sent lazy_retransmit_mult * ceil(log10(n+1)) times by periodic gossip,
-    # n = members of its network: the eager tree has delivered it already unless a datagram was
-    # lost or views differ, so this is repair, and the digest (then a sync) repairs the rest.
-    lazy_retransmit_mult: int = 2
     # Children of each member in a network's eager tree (see `Node._tree_targets`): a fresh event
     # reaches all n members of its network in at most 1 + log_k(n) hops without waiting for a round.
     tree_fanout: int = 5
@@ -57,11 +53,6 @@ class Config:
     eager_delay: float = 0.02
     # Largest datagram we build, in bytes (fits a 1500-byte MTU with room for headers and crypto).
     packet_size: int = 1400
-    # Bytes one network may send per gossip round while it has a backlog; bounds bursts.
-    gossip_round_budget: int = 48 * 1024
-    # Events a network's rumour queue holds; older ones beyond are dropped from rumouring and reach
-    # peers through delta sync instead (the digest in every gossip packet tells them to pull).
-    rumor_backlog_limit: int = 256
 
     # --- network scope: anti-entropy -------------------------------------------------------------
     # Seconds between delta syncs of each network with one random member of it.
@@ -89,9 +80,9 @@ class Config:
         low = self.suspicion_mult * scale * self.probe_interval
         return low, low * self.suspicion_max_timeout_mult
 
-    def retransmit_limit(self, members: int, mult: int | None = None) -> int:
-        """How many times one event is sent by one node in a scope of `members` nodes."""
-        return (mult or self.retransmit_mult) * max(1, math.ceil(math.log10(members + 1)))
+    def retransmit_limit(self, members: int) -> int:
+        """How many times one event is sent by one node in a cluster of `members` nodes."""
+        return self.retransmit_mult * max(1, math.ceil(math.log10(members + 1)))
 
     def with_overrides(self, overrides: dict[str, Any]) -> Config:
         """A copy with some fields changed; unknown names or wrong types raise ValueError."""

@@ -28,12 +28,14 @@ from .rng import Rng
 from .table import Change, EntryKey, NetworkTable
 from .wire import (
     MAX_ATTACHMENTS,
+    MAX_HELD,
     MAX_MEMBERS,
     MAX_STREAM_ITEMS,
     Ack,
     Address,
     Alive,
     Dead,
+    Held,
     IndirectPing,
     Leave,
     Message,
@@ -59,7 +61,8 @@ from .wire import (
 )
 
 MAX_OUT_OF_SCOPE_NETWORKS = 256
-HOT_ROUNDS = 10  # rounds after a table change during which digests are sent even without events
+HOT_ROUNDS = 10  # rounds after a table change during which the network's digest is gossiped
+LOUD_MISMATCH_ROUNDS = 10  # rounds a digest difference may last while news arrives before a sync
 # How far a Lamport time from the wire may be above where our clock started plus CLOCK_RATE per
 # second since. Clocks start at wall-clock microseconds (see `Node`) and move by one per write:
 # 2**40 us is 12 days of start times apart (plus the cluster's writes), and no cluster writes two
@@ -109,11 +112,11 @@ class _PendingStream:
 @dataclass(slots=True)
 class _NetworkState:
     table: NetworkTable
-    queue: BroadcastQueue
     next_sync_at: float
     hot_until: float = 0.0
     fresh_at: float = -1e9  # when a version new to us last arrived or was written
-    mismatch_rounds: int = 0
+    mismatch_rounds: int = 0  # digests that differed from ours while quiet, since one agreed
+    mismatch_since: float | None = None  # since when digests differ from ours
     syncing: int | None = None  # id of the stream of a sync in flight
     needs_join_sync: bool = True
     # Until one sync of this network has completed in this life, we report watermark 0 for our own
@@ -138,6 +141,7 @@ class _Absorbing:
     full_keys: dict[str, set[EntryKey]]  # owners sent in full -> keys seen so far
     queued_at: float
     response_to: _PendingStream | None = None  # None: a push, the second half of a peer's sync
+    held: Held = field(default_factory=dict)  # what the sender holds above its marks (a response's)
     received: set[tuple[str, str, int]] = field(default_factory=set)  # (table, key, time) merged
     done: int = 0
 
@@ -338,11 +342,7 @@ class Node:
             for owner in table.owners():
                 if owner != self.name and not self.owner_ok(network, owner):
                     table.withdraw_owner(owner, now)
-        state = _NetworkState(
-            table,
-            BroadcastQueue(self.config.rumor_backlog_limit),
-            now + self.config.bulk_sync_interval * (0.5 + self.rng.random()),
-        )
+        state = _NetworkState(table, now + self.config.bulk_sync_interval * (0.5 + self.rng.random()))
         self.networks[network] = state
         self._set_attachment(NodeNetwork(self.name, network, self.clock.tick(), True), now)
         self._join_sync(network, state, now)
@@ -352,8 +352,7 @@ class Node:
         for entry in list(state.table.visible()):
             if entry.event.owner == self.name:
                 self._write(network, entry.event.table, entry.event.key, b"", True, now, wall_ms)
-        # Push our tombstones out before we stop gossiping for this network.
-        self._gossip_network(network, state, now, final=True)
+        # Our tombstones are on their way down the tree (the eager outbox outlives the network).
         del self.networks[network]
         state.table.keep_after_leaving(self.name, now)
         self._left_tables[network] = state.table
@@ -387,6 +386,7 @@ class Node:
         state = self.networks[network]
         event = TableEvent(network, table, key, value, self.name, self.clock.tick(), wall_ms, deleted)
         change = state.table.apply(event, now)
+        state.table.entries[(table, key)].pushed = True
         state.table.watermarks[self.name] = event.lamport
         self._own_writes.append(event)
         if change is not None and change.visible:
@@ -396,10 +396,9 @@ class Node:
 
     def _rumor(self, state: _NetworkState, event: TableEvent, now: float, sender: str | None = None) -> None:
         """A version new to us (our write, or first received from `sender`): pushed at once down
-        the network's eager tree, and queued for the periodic gossip that repairs what the tree
-        missed (a member dead or unknown to someone, a datagram lost)."""
+        the network's eager tree. What the tree misses (a datagram lost, a member dead or not yet
+        known to someone) the digests of the next rounds reveal, and a sync repairs."""
         encoded = encode_message(event)
-        state.queue.put((event.table, event.key), encoded)
         state.hot_until = now + HOT_ROUNDS * self.config.gossip_interval
         state.fresh_at = now
         for target in self._tree_targets(event.network, event.owner):
@@ -607,13 +606,20 @@ class Node:
             return
         self.clock.witness(event.lamport)
         change = state.table.apply(event, now)
+        entry = state.table.entries[(event.table, event.key)]
         if change is None:
-            held = state.table.entries[(event.table, event.key)].event
-            self.count("events_duplicate" if held == event else "events_stale")
-            return
-        self.count("events_new")
-        if change.visible:
-            self._changes.append(change)
+            if entry.event != event:
+                self.count("events_stale")
+                return
+            self.count("events_duplicate")
+            if entry.pushed:
+                return
+            self.count("events_pushed_late")  # we had it by sync; our subtree waits for it
+        else:
+            self.count("events_new")
+            if change.visible:
+                self._changes.append(change)
+        entry.pushed = True
         self._rumor(state, event, now, sender)
 
     def _on_digest(self, sender: str, msg: NetworkDigest, now: float) -> None:
@@ -623,17 +629,22 @@ class Node:
             return
         table = state.table
         if msg.digest == table.digest:
-            state.mismatch_rounds = 0
+            state.mismatch_rounds, state.mismatch_since = 0, None
             state.returned.discard(sender)  # a returner whose table equals ours: no sync needed
             return
-        if now - state.fresh_at >= self.config.gossip_interval:
-            # News still arriving means rumours are in flight and digests differ for that alone:
-            # a sync now would mostly fetch what they are bringing (under steady writes, most of
-            # every sync was such copies). A peer far behind is still pulled from at once.
-            state.mismatch_rounds += 1
+        # While news still arrives, digests differ by what is in flight, and a sync then would
+        # fetch copies the tree is bringing: a difference is acted on at once only when quiet
+        # (nothing new here for a gossip interval), or once it has lasted LOUD_MISMATCH_ROUNDS
+        # (a datagram of the tree lost while writes go on: repaired in seconds, not at the pause).
+        quiet = now - state.fresh_at >= self.config.gossip_interval
+        if state.mismatch_since is None:
+            state.mismatch_since = now
+        state.mismatch_rounds += quiet
         behind = msg.count > table.count + self.config.digest_pull_threshold
-        if (behind or state.mismatch_rounds >= self.config.digest_mismatch_rounds) and state.syncing is None:
-            state.mismatch_rounds = 0
+        lasting = now - state.mismatch_since >= LOUD_MISMATCH_ROUNDS * self.config.gossip_interval
+        due = (quiet and (behind or state.mismatch_rounds >= self.config.digest_mismatch_rounds)) or lasting
+        if due and state.syncing is None:
+            state.mismatch_rounds, state.mismatch_since = 0, None
             self._start_sync(msg.network, state, sender, now, "digest")
 
     def _on_attachment(self, msg: NodeNetwork, now: float) -> None:
@@ -733,9 +744,11 @@ class Node:
         elif isinstance(msg, SyncRequest):
             state = self.networks[msg.network]  # decode_frame refused networks we are not in
             self._heed_mark_for_us(state, msg.digest, now)
-            events, full = state.table.delta_for(msg.digest, sender)
+            events, full = state.table.delta_for(msg.digest, sender, msg.held)
             self.count("sync_entries_out", len(events))
-            reply = SyncResponse(msg.network, tuple(events), self._sync_digest(state), tuple(full), True)
+            digest = self._sync_digest(state)
+            held = state.table.held_above(digest, MAX_HELD, self.name)
+            reply = SyncResponse(msg.network, tuple(events), digest, tuple(full), True, held)
             self._expect_push(sender, msg.network, now)
         elif isinstance(msg, SyncPush):
             if self._expected_pushes.pop((sender, msg.network), -1.0) < now:
@@ -809,7 +822,7 @@ class Node:
             # Refused (backlog full): not retried at once, which would fetch the same delta again
             # while we are busiest; the digests in gossip start another sync once we differ.
             if self._queue_absorb(
-                pending.peer or "", msg.network, msg.entries, msg.digest, msg.full_owners, now, pending
+                pending.peer or "", msg.network, msg.entries, msg.digest, msg.full_owners, now, pending, msg.held
             ):
                 state.syncing = sid  # no other sync of this network until this one is merged
         elif isinstance(msg, StreamAck) and pending.kind == "sync-push":
@@ -831,7 +844,8 @@ class Node:
         if addr is None:
             return
         digest = self._sync_digest(state)
-        state.syncing = self._open_stream("sync", addr, SyncRequest(network, digest), now, peer, network, why)
+        request = SyncRequest(network, digest, state.table.held_above(digest, MAX_HELD, self.name))
+        state.syncing = self._open_stream("sync", addr, request, now, peer, network, why)
         self.count(f"syncs_{why}")
 
     def _queue_absorb(
@@ -843,6 +857,7 @@ class Node:
         full: Sequence[str],
         now: float,
         response_to: _PendingStream | None = None,
+        held: Held | None = None,
     ) -> bool:
         """Queue a received sync to be merged slice by slice (`_absorb_slice`); False if refused."""
         state = self.networks.get(network)
@@ -859,7 +874,7 @@ class Node:
         ceiling = self._clock_ceiling(now)
         vouched = {o: v for o, v in digest.items() if v[0] <= ceiling and o != self.name}
         full_keys: dict[str, set[EntryKey]] = {o: set() for o in full if o in vouched}
-        job = _Absorbing(network, state, sender, entries, digest, vouched, full_keys, now, response_to)
+        job = _Absorbing(network, state, sender, entries, digest, vouched, full_keys, now, response_to, held or {})
         self._absorbing.append(job)
         return True
 
@@ -904,7 +919,16 @@ class Node:
             # would otherwise raise our mark over entries we never took).
             job.vouched.pop(owner, None)
             job.full_keys.pop(owner, None)
-        changes = state.table.merge(theirs, job.full_keys, now, owner_ok)
+        # A digest's sync repairs what the tree missed, and a datagram of the tree lost here was
+        # lost to our whole subtree: what is new to us goes on down it (children only).
+        repairing = job.response_to is not None and job.response_to.why == "digest"
+        applied: list[TableEvent] | None = [] if repairing else None
+        changes = state.table.merge(theirs, job.full_keys, now, owner_ok, applied)
+        for event in applied or ():
+            state.table.entries[(event.table, event.key)].pushed = True
+            encoded = encode_message(event)
+            for target in self._tree_targets(event.network, event.owner):
+                self._push_eager(target, encoded, now)
         if end == len(job.entries):
             self._absorbing.popleft()
             changes += state.table.settle(job.vouched, job.full_keys, now, owner_ok)
@@ -930,7 +954,7 @@ class Node:
             # syncing with each of them again would mostly fetch the same entries. A returner
             # whose entries we now hold exactly as this peer does is not synced with again.
             state.returned = {r for r in state.returned if not state.table.holds_as(r, job.digest)}
-        events, full = state.table.delta_for(job.digest, peer)
+        events, full = state.table.delta_for(job.digest, peer, job.held)
         # What the peer just sent us it has; but a full owner's set must go whole, or the peer
         # would take the missing ones for reaped deletes and drop its own copies.
         in_full = set(full)
@@ -1040,28 +1064,14 @@ class Node:
         for network, state in self.networks.items():
             self._gossip_network(network, state, now)
 
-    def _gossip_network(self, network: str, state: _NetworkState, now: float, final: bool = False) -> None:
-        if not len(state.queue) and now >= state.hot_until and not final:
+    def _gossip_network(self, network: str, state: _NetworkState, now: float) -> None:
+        """For HOT_ROUNDS after a change, the network's digest to `fanout` members: the lazy half
+        of the eager tree (Plumtree's IHAVE, for a whole table at once). A member that missed an
+        event by the tree finds its digest differs and pulls what it lacks by sync."""
+        if now >= state.hot_until:
             return
-        targets = self._random_peers_in(network, self.config.fanout)
-        if not targets:
-            return
-        size = len(self.peers_in(network)) + 1 if self.static is None else len(self.static.network_nodes(network))
-        limit = self.config.retransmit_limit(size, self.config.lazy_retransmit_mult)
-        digest = encode_message(NetworkDigest(network, state.table.digest, state.table.count))
-        budget = max(self.config.gossip_round_budget // len(targets), self.config.packet_size)
-        for target in targets:
+        digest = [encode_message(NetworkDigest(network, state.table.digest, state.table.count))]
+        for target in self._random_peers_in(network, self.config.fanout):
             addr = self.address_of(target)
-            if addr is None:
-                continue
-            # One take per target, so no event goes to the same target twice in a round.
-            events = state.queue.take(budget - len(digest), limit)
-            packet = [digest]
-            used = len(digest)
-            for event in events:
-                if used + len(event) > self._space:
-                    self._emit(addr, packet)
-                    packet, used = [], 0
-                packet.append(event)
-                used += len(event)
-            self._emit(addr, packet)
+            if addr is not None:
+                self._emit(addr, digest)

@@ -17,7 +17,7 @@ comes back (a tombstone would win that tie and the entry would be lost: moby#477
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from hashlib import blake2b
 
@@ -45,6 +45,9 @@ class Entry:
     seen_at: float  # local time this version arrived (or was written here)
     hash: int
     withdrawn: bool = False
+    # Sent on down the network's eager tree from here: a version that came by sync first is sent
+    # on when its copy from the tree arrives (our subtree waits for it), and only then.
+    pushed: bool = False
 
     @property
     def visible(self) -> bool:
@@ -223,8 +226,28 @@ class NetworkTable:
         """We hold the same entries of `owner` as a peer with digest `peer`, none withdrawn."""
         return owner not in self._withdrawn and self._owner_hash.get(owner, 0) == peer.get(owner, (0, 0))[1]
 
-    def delta_for(self, peer: OwnerDigest, peer_name: str = "") -> tuple[list[TableEvent], list[str]]:
-        """Entries a peer with digest `peer` lacks, and the owners sent in full.
+    def held_above(self, digest: OwnerDigest, limit: int, skip: str = "") -> dict[str, frozenset[int]]:
+        """The Lamport times of the versions we hold above the marks of `digest` (ours, as sent),
+        per owner, at most `limit` in all: they came by the tree, not by sync (marks rise only by
+        sync), and a peer need not send them again. Not for withdrawn owners (whose mark we send
+        as 0: we want all of theirs back), nor for `skip` (us: our own entries are ours to
+        re-assert). An owner whose times do not fit is left out: the peer sends it all."""
+        held: dict[str, frozenset[int]] = {}
+        for owner, bucket in self._by_owner.items():
+            if owner == skip or owner in self._withdrawn:
+                continue
+            mark = digest.get(owner, (0, 0))[0]
+            times = frozenset(e.event.lamport for e in bucket.values() if e.event.lamport > mark)
+            if times and len(times) <= limit:
+                held[owner] = times
+                limit -= len(times)
+        return held
+
+    def delta_for(
+        self, peer: OwnerDigest, peer_name: str = "", held: Mapping[str, Collection[int]] | None = None
+    ) -> tuple[list[TableEvent], list[str]]:
+        """Entries a peer with digest `peer` lacks, and the owners sent in full. Versions the peer
+        says it `held` above its mark are not sent (an owner sent in full goes whole).
 
         To the owner itself (`peer_name`) we also send what we hold *below* its mark when we claim
         to be as complete as it is and still differ: those are copies it does not hold, such as a
@@ -242,7 +265,12 @@ class NetworkTable:
             elif owner == peer_name and self.watermarks.get(owner, 0) >= mark:
                 events.extend(e.event for e in bucket.values() if not e.withdrawn)
             else:
-                events.extend(e.event for e in bucket.values() if not e.withdrawn and e.event.lamport > mark)
+                has = held.get(owner, ()) if held else ()
+                events.extend(
+                    e.event
+                    for e in bucket.values()
+                    if not e.withdrawn and e.event.lamport > mark and e.event.lamport not in has
+                )
         return events, full
 
     def merge(
@@ -251,9 +279,11 @@ class NetworkTable:
         full_keys: dict[str, set[EntryKey]],
         now: float,
         owner_ok: Callable[[str], bool],
+        applied: list[TableEvent] | None = None,
     ) -> list[Change]:
         """Merge one slice of a peer's delta, noting in `full_keys` (owner -> keys, one set per
-        owner sent in full) which keys the peer sent; `settle` ends the delta."""
+        owner sent in full) which keys the peer sent, and in `applied` the versions new to us;
+        `settle` ends the delta."""
         changes = []
         for event in events:
             if event.owner in full_keys:
@@ -261,8 +291,11 @@ class NetworkTable:
             if not owner_ok(event.owner):
                 continue
             change = self.apply(event, now)
-            if change is not None and change.visible:
-                changes.append(change)
+            if change is not None:
+                if applied is not None:
+                    applied.append(event)
+                if change.visible:
+                    changes.append(change)
         return changes
 
     def settle(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import reprlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import ip_address
 from sys import intern
 from typing import Any, ClassVar, Self, overload
@@ -35,6 +35,7 @@ MAX_STREAM_ITEMS = 2_000_000
 # block the loop for seconds while it is validated (a PushPull of 200,000 members took 5 s).
 MAX_MEMBERS = 16_384
 MAX_ATTACHMENTS = 16 * MAX_MEMBERS
+MAX_HELD = 65_536  # Lamport times a sync message may list as held above its marks (~600 KB)
 MAX_INT = 2**63 - 1
 
 Address = tuple[str, int]
@@ -396,6 +397,26 @@ def _digest_from_wire(raw: Any) -> OwnerDigest:
     return result
 
 
+Held = dict[str, frozenset[int]]  # owner -> Lamport times of its versions held above the mark sent
+
+
+def _held_to_wire(held: Held) -> list[Any]:
+    return [[owner, sorted(times)] for owner, times in sorted(held.items())]
+
+
+def _held_from_wire(raw: Any) -> Held:
+    result: Held = {}
+    total = 0
+    for item in _list(raw, "held", MAX_MEMBERS):
+        owner, times = _fields(_list(item, "held item", 2), 2, "held item")
+        times = _list(times, "held times", MAX_HELD)
+        total += len(times)
+        if total > MAX_HELD:
+            raise _fail("held times in all", total)
+        result[_str(owner, "owner")] = frozenset(_int(t, "held time") for t in times)
+    return result
+
+
 class WireEntries(Sequence[TableEvent]):
     """A sync message's entries as they came off the wire, each validated when it is read.
 
@@ -439,25 +460,31 @@ class WireEntries(Sequence[TableEvent]):
 
 @dataclass(frozen=True, slots=True)
 class SyncRequest(Message):
-    """Start of a network's delta sync: the initiator's per-owner digest."""
+    """Start of a network's delta sync: the initiator's per-owner digest, and the versions it
+    holds above its marks (they came by the tree; its marks rise only by sync), which the
+    responder does not send again."""
 
     TYPE: ClassVar[MessageType] = MessageType.SYNC_REQUEST
     network: str
     digest: OwnerDigest
+    held: Held = field(default_factory=dict)
 
     def to_wire(self) -> list[Any]:
-        return [self.network, _digest_to_wire(self.digest)]
+        return [self.network, _digest_to_wire(self.digest), _held_to_wire(self.held)]
 
     @classmethod
     def from_wire(cls, raw: list[Any]) -> SyncRequest:
-        network, digest = _fields(raw, 2, "sync request")
-        return cls(_str(network, "network"), _digest_from_wire(digest))
+        if len(raw) == 2:  # an agent from before held versions were sent
+            raw = [*raw, []]
+        network, digest, held = _fields(raw, 3, "sync request")
+        return cls(_str(network, "network"), _digest_from_wire(digest), _held_from_wire(held))
 
 
 @dataclass(frozen=True, slots=True)
 class SyncResponse(Message):
-    """What the initiator lacks, the responder's digest (so the initiator can push back), and the
-    owners whose entries are sent in full because tombstones the initiator never saw were reaped."""
+    """What the initiator lacks, the responder's digest and held versions (so the initiator can
+    push back what the responder lacks), and the owners whose entries are sent in full because
+    tombstones the initiator never saw were reaped."""
 
     TYPE: ClassVar[MessageType] = MessageType.SYNC_RESPONSE
     network: str
@@ -465,6 +492,7 @@ class SyncResponse(Message):
     digest: OwnerDigest
     full_owners: tuple[str, ...]
     member: bool  # False: the responder is not in this network (any more)
+    held: Held = field(default_factory=dict)
 
     def to_wire(self) -> list[Any]:
         return [
@@ -473,11 +501,14 @@ class SyncResponse(Message):
             _digest_to_wire(self.digest),
             list(self.full_owners),
             self.member,
+            _held_to_wire(self.held),
         ]
 
     @classmethod
     def from_wire(cls, raw: list[Any]) -> SyncResponse:
-        network, entries, digest, full, member = _fields(raw, 5, "sync response")
+        if len(raw) == 5:  # an agent from before held versions were sent
+            raw = [*raw, []]
+        network, entries, digest, full, member, held = _fields(raw, 6, "sync response")
         name = _str(network, "network")
         return cls(
             name,
@@ -485,6 +516,7 @@ class SyncResponse(Message):
             _digest_from_wire(digest),
             tuple(_str(o, "owner") for o in _list(full, "full owners")),
             _bool(member, "member"),
+            _held_from_wire(held),
         )
 
 

@@ -85,11 +85,10 @@ def node_metrics(agent: Agent) -> bytes:
     for state, n in counts.items():
         members.add_metric([state.name.lower()], n)
     entries = GaugeMetricFamily("gossip_entries", "Visible entries per network", labels=["network"])
-    queue = GaugeMetricFamily("gossip_queue_depth", "Events waiting to be gossiped", labels=["scope"])
+    queue = GaugeMetricFamily("gossip_queue_depth", "Cluster events waiting to be gossiped", labels=["scope"])
     queue.add_metric(["cluster"], len(node.cluster_queue))
     for name, state in node.networks.items():
         entries.add_metric([name], state.table.live)
-        queue.add_metric([name], len(state.queue))
     events = CounterMetricFamily("gossip_events", "Table events received", labels=["outcome"])
     dropped = CounterMetricFamily("gossip_dropped", "Inputs dropped", labels=["reason"])
     other = CounterMetricFamily("gossip_protocol", "Other protocol counters", labels=["counter"])
@@ -337,7 +336,7 @@ class Api:
         agent, node = self.agent, self.agent.node
         return [
             {"network": name, "members": sorted([node.name, *node.peers_in(name)]),
-             "entries": state.table.live, "queue": len(state.queue),
+             "entries": state.table.live,
              "digest": f"{state.table.digest:016x}",
              "vxlan_id": agent.network_params[name].vxlan_id, "subnet": agent.network_params[name].subnet,
              "dataplane": agent.dataplane.network_state(name)}
@@ -415,12 +414,9 @@ class Api:
             "awareness": node.membership.awareness,  # Lifeguard local health: 0 is healthy
             "counters": dict(sorted(node.stats.items())),
             "out_of_scope_by_network": dict(sorted(node.out_of_scope.items())),
-            "queues": {"cluster": len(node.cluster_queue), **{n: len(s.queue) for n, s in node.networks.items()}},
-            # Events pruned from a full queue (they travel by sync instead), per scope.
-            "queues_pruned": {
-                "cluster": node.cluster_queue.dropped,
-                **{n: s.queue.dropped for n, s in node.networks.items()},
-            },
+            "queues": {"cluster": len(node.cluster_queue)},
+            # Membership news pruned from a full queue (it travels by push-pull instead).
+            "queues_pruned": {"cluster": node.cluster_queue.dropped},
             "dataplane": self.agent.dataplane.stats(),
         }
 
