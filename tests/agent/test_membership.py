@@ -91,9 +91,12 @@ def test_unanswered_probe_goes_indirect_then_suspect_then_dead():
     assert isinstance(ping, Ping)
     target_seen = ping.target
     m.tick(now + CONFIG.probe_timeout)
-    indirect = m.take_outbox()
+    sent = m.take_outbox()
+    indirect = [msg for _, msg in sent if isinstance(msg, IndirectPing)]
     assert len(indirect) == CONFIG.indirect_checks
-    assert all(isinstance(msg, IndirectPing) and msg.target == target_seen for _, msg in indirect)
+    assert all(msg.target == target_seen for msg in indirect)
+    assert [p.target for p in (msg for _, msg in sent) if isinstance(p, Ping)] == [target_seen]  # once more
+    assert [p.target for _, p in m.take_stream_probes()] == [target_seen]  # and over a stream
     m.tick(now + CONFIG.probe_interval)
     assert m.state_of(target_seen) == State.SUSPECT
     low, high = CONFIG.suspicion_timeouts(m.alive_count)
@@ -137,3 +140,44 @@ def test_leave_marks_left_and_a_later_alive_rejoins():
     m.on_alive(Alive("a", 2, ("10.0.0.9", 0)), 2.0)
     assert m.state_of("a") == State.ALIVE
     assert [c.after for c in m.take_changes()] == [State.LEFT, State.ALIVE]
+
+
+def test_a_long_probe_keeps_pinging_so_a_heal_midway_ends_it_well():
+    """Poor local health stretches a probe (here to 4 s); one begun in a partition is answered
+    by a direct ping sent after the heal, and ends in no suspicion."""
+    m = member_view("a", "b", "c")
+    m.awareness = 3
+    now = m.next_probe_at
+    m.tick(now)
+    (_, first), *_ = m.take_outbox()
+    pings = []
+    t = now
+    while t < now + 3.0:  # partitioned: nothing comes back
+        t += 0.05
+        m.tick(t)
+        pings += [msg for _, msg in m.take_outbox() if isinstance(msg, Ping) and msg.target == first.target]
+    assert len(pings) >= 2, "no direct ping after the indirect stage"
+    assert all(p.seq == first.seq for p in pings)
+    t += CONFIG.probe_timeout  # healed: the next ping is answered
+    m.tick(t)
+    m.on_ack(Ack(first.seq))
+    m.tick(now + 4 * CONFIG.probe_interval + 0.01)
+    assert m.state_of(first.target) == State.ALIVE
+
+
+def test_a_suspect_probed_hears_it_is_suspected_and_a_stale_suspicion_gets_our_alive_again():
+    m = member_view("a")
+    m.on_suspect(Suspect("a", 1, "me"), 0.0)
+    m.tick(m.next_probe_at)
+    sent = [msg for _, msg in m.take_outbox()]
+    assert isinstance(sent[0], Suspect)
+    assert sent[0].node == "a"
+    assert isinstance(sent[1], Ping)
+    # The suspected side: refuted at 1 already, then suspected at 0 by one who missed that.
+    target = member_view("b")
+    target.on_suspect(Suspect("me", 0, "b"), 1.0)
+    assert target.incarnation == 1
+    target.take_broadcasts()
+    target.on_suspect(Suspect("me", 0, "b"), 2.0)
+    assert target.incarnation == 1  # no new incarnation for an old suspicion...
+    assert target.take_broadcasts() == [Alive("me", 1, ("10.0.0.1", 1))]  # ...but our Alive again

@@ -9,8 +9,9 @@ import pytest
 
 from gossip_agent.core.config import local
 from gossip_agent.core.errors import LocalProtocolError
+from gossip_agent.core.membership import State
 from gossip_agent.core.node import Node
-from gossip_agent.core.wire import Ack, Alive, Dead, Ping, TableEvent, decode_datagram, encode_datagram
+from gossip_agent.core.wire import Ack, Alive, Dead, Ping, TableEvent, decode_datagram, encode_datagram, encode_frame
 
 
 class Wire:
@@ -253,3 +254,48 @@ def test_an_owner_skipped_mid_merge_is_not_vouched_for_when_it_comes_back():
     assert a.networks["net"].table.watermarks.get("c", 0) == 0
     wire.run(60.0)
     assert wire.keys("a", "net") == {f"c{i}" for i in range(30)}
+
+
+def test_a_probe_answered_only_over_the_stream_raises_no_suspicion():
+    """Every datagram lost (a lossy link at its worst): the fallback ping over a stream still
+    reaches the target, and its Ack ends the probe well (memberlist's TCP fallback)."""
+    wire = Wire(["p", "q"])
+    wire.form({})
+    prober, target = wire.nodes["p"], wire.nodes["q"]
+    now = prober.membership.next_probe_at
+    end = now + prober.config.probe_interval
+    streams = []
+    while now < end + 0.1:
+        prober.tick(now)
+        prober.take_datagrams()  # lost
+        streams += prober.take_streams()
+        now += 0.05
+        if streams and streams[0] is not None:
+            request = streams[0]
+            reply = target.handle_stream(request.frame, now)
+            prober.on_stream_reply(request.id, reply, now)
+            streams = [None]
+    assert streams == [None], "no ping over a stream"
+    assert prober.stats.get("probes_acked_by_stream") == 1
+    assert prober.membership.state_of("q") == State.ALIVE
+    # A stream ping for someone else is not answered.
+    ping = encode_frame("p", Ping(7, "nobody"))
+    assert target.handle_stream(ping, now) == b""
+
+
+def test_a_sender_we_never_heard_of_is_asked_for_its_state_but_not_too_often():
+    wire = Wire(["a", "b"])
+    wire.form({})
+    node = wire.nodes["a"]
+    node.take_streams()
+    hello = encode_datagram("stranger", [Ack(1)])
+    now = wire.now
+    node.handle_datagram(("198.18.9.9", 7946), hello, now)
+    assert [(r.addr, node._pending[r.id].kind) for r in node.take_streams()] == [(("198.18.9.9", 7946), "push-pull")]
+    node.handle_datagram(("198.18.9.9", 7946), hello, now + 0.5)  # the same sender again: not yet
+    node.handle_datagram(("198.18.9.8", 7946), encode_datagram("other", [Ack(1)]), now + 0.01)  # too soon
+    assert node.take_streams() == []
+    node.handle_datagram(("198.18.9.8", 7946), encode_datagram("other", [Ack(1)]), now + 0.2)
+    assert len(node.take_streams()) == 1
+    node.handle_datagram(("198.18.0.2", 7946), encode_datagram("b", [Ack(1)]), now + 5)  # known: never
+    assert node.take_streams() == []

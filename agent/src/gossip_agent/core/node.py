@@ -75,6 +75,10 @@ CLOCK_RATE = 2_000_000
 MAX_CLUSTER_BACKLOG = 4096
 # Pings and indirect pings answered per datagram; an honest one carries one.
 MAX_PROBES_PER_DATAGRAM = 2
+# Senders we never heard of that we exchanged state with lately (see `_ask_unknown`), and how
+# far apart two such exchanges are at least: forged senders must not make us open streams en masse.
+MAX_UNKNOWN_ASKED = 256
+UNKNOWN_PULL_SPACING = 0.1
 # Sync responses we owe a push for: at most this many (peer, network) pairs are remembered.
 MAX_EXPECTED_PUSHES = 1024
 # Entries of received syncs waiting to be merged; a sync beyond this is refused (and retried later).
@@ -107,6 +111,7 @@ class _PendingStream:
     network: str | None
     deadline: float
     why: str = ""  # what started a sync: join, digest, return, periodic
+    seq: int = 0  # a ping's sequence number: only its Ack counts
 
 
 @dataclass(slots=True)
@@ -204,6 +209,8 @@ class Node:
         self._left_tables: dict[str, NetworkTable] = {}  # networks we left: our tombstones there
         self._detached_at: dict[tuple[str, str], float] = {}  # detach records, by when they came
         self._absorbing: deque[_Absorbing] = deque()  # received syncs, merged a slice per tick
+        self._unknown_asked: dict[str, float] = {}  # sender -> when we last exchanged state with it
+        self._next_unknown_pull_at = 0.0
 
     # === helpers ===================================================================================
 
@@ -308,10 +315,11 @@ class Node:
         peer: str | None = None,
         network: str | None = None,
         why: str = "",
+        seq: int = 0,
     ) -> int:
         self._stream_ids += 1
         sid = self._stream_ids
-        self._pending[sid] = _PendingStream(kind, peer, network, now + self.config.stream_timeout, why)
+        self._pending[sid] = _PendingStream(kind, peer, network, now + self.config.stream_timeout, why, seq)
         self._streams.append(StreamRequest(sid, addr, encode_frame(self.name, message)))
         self.count(f"streams_opened_{kind}")
         return sid
@@ -492,6 +500,8 @@ class Node:
             return
         if self.left:
             return
+        if self.static is None and sender not in self.membership.members and sender != self.name:
+            self._ask_unknown(sender, addr, now)
         probes = 0
         for message in messages:
             if isinstance(message, Ping | IndirectPing):
@@ -503,6 +513,22 @@ class Node:
                     continue
             self._handle_message(sender, addr, message, now)
         self._drain_membership(now)
+
+    def _ask_unknown(self, sender: str, addr: Address, now: float) -> None:
+        """A member we never heard of talks to us: it knows us, we missed its news (we joined
+        on the other side of a partition, say, and it never changed since). Exchange state with
+        it now, not at the next push-pull, which may be 30 s away; once per sender a
+        reconnect_interval, and one such exchange per UNKNOWN_PULL_SPACING at most."""
+        asked = self._unknown_asked
+        if now < self._next_unknown_pull_at or now - asked.get(sender, -1e9) < self.config.reconnect_interval:
+            return
+        if len(asked) >= MAX_UNKNOWN_ASKED:
+            del asked[next(iter(asked))]
+        asked.pop(sender, None)
+        asked[sender] = now
+        self._next_unknown_pull_at = now + UNKNOWN_PULL_SPACING
+        self.count("push_pulls_unknown_sender")
+        self._open_stream("push-pull", addr, self._push_pull(join=False), now)
 
     def _handle_message(self, sender: str, addr: Address, msg: Message, now: float) -> None:
         m = self.membership
@@ -686,6 +712,8 @@ class Node:
             m.refused_members = 0
         for addr, msg in m.take_outbox():
             self._send_with_piggyback(addr, msg)
+        for addr, ping in m.take_stream_probes():
+            self._open_stream("ping", addr, ping, now, ping.target, seq=ping.seq)
         for msg in m.take_broadcasts():
             self.cluster_queue.put(("member", getattr(msg, "node", "")), encode_message(msg))
         for change in m.take_changes():
@@ -750,6 +778,11 @@ class Node:
             held = state.table.held_above(digest, MAX_HELD, self.name)
             reply = SyncResponse(msg.network, tuple(events), digest, tuple(full), True, held)
             self._expect_push(sender, msg.network, now)
+        elif isinstance(msg, Ping):
+            if msg.target != self.name:
+                self.count("dropped_stream_wrong_target")
+                return b""
+            reply = Ack(msg.seq)
         elif isinstance(msg, SyncPush):
             if self._expected_pushes.pop((sender, msg.network), -1.0) < now:
                 # Only the second half of a sync we answered may vouch for entries: an unsolicited
@@ -827,6 +860,9 @@ class Node:
                 state.syncing = sid  # no other sync of this network until this one is merged
         elif isinstance(msg, StreamAck) and pending.kind == "sync-push":
             self.count("syncs_completed")
+        elif isinstance(msg, Ack) and pending.kind == "ping" and msg.seq == pending.seq:
+            self.count("probes_acked_by_stream")
+            self.membership.on_ack(msg)
         else:
             self.count("dropped_stream_unexpected")
 

@@ -687,6 +687,7 @@ def encode_frame(sender: str, message: Message) -> bytes:
 
 
 SYNC_TYPES = frozenset({MessageType.SYNC_REQUEST, MessageType.SYNC_RESPONSE, MessageType.SYNC_PUSH})
+STREAM_PROBE_TYPES = frozenset({MessageType.PING, MessageType.ACK})  # the fallback probe and its answer
 
 
 def decode_frame(data: bytes, max_bytes: int, in_scope: Callable[[str], bool] | None = None) -> tuple[str, Message]:
@@ -699,6 +700,6 @@ def decode_frame(data: bytes, max_bytes: int, in_scope: Callable[[str], bool] | 
         if not in_scope(network):
             raise OutOfScope(network, body[0])
     message = _message(body, None)
-    if message.TYPE in DATAGRAM_TYPES:
+    if message.TYPE in DATAGRAM_TYPES and message.TYPE not in STREAM_PROBE_TYPES:
         raise RemoteProtocolError(f"{message.TYPE.name} is not a stream message", "unknown_type")
     return sender, message

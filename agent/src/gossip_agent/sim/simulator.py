@@ -211,6 +211,18 @@ class Simulator:
                 low, high = max(low, step.low), max(high, step.high)
         return 1 - keep, 1 - single, 1 - intact, low, high
 
+    def _retransmissions(self) -> float:
+        """What a lossy link costs a stream one way: TCP resends a lost segment after a timeout
+        that doubles each time: 1 s for the handshake's, 200 ms (Linux's least) for data. Nothing
+        is lost but time."""
+        loss = self._link()[0]
+        delay = 0.0
+        for timeout in (1.0, 0.2) if loss else ():
+            while self.net_rng.random() < loss and timeout <= 8.0:
+                delay += timeout
+                timeout *= 2
+        return delay
+
     def _corrupt(self, data: bytes) -> bytes:
         """Damage a datagram as a bad link or middlebox might: cut short, padded, or its envelope hit."""
         how = self.net_rng.randrange(3)
@@ -248,7 +260,7 @@ class Simulator:
                 self._push(self.now + self.options.connect_timeout, STREAM_REPLY, name, request.id, None)
                 continue
             delay = self.net_rng.uniform(self.options.latency_min, self.options.latency_max)
-            delay += len(request.frame) / self.options.bandwidth
+            delay += len(request.frame) / self.options.bandwidth + self._retransmissions()
             self._push(self.now + delay, STREAM_REQUEST, dst, name, request.id, request.frame)
         journal = self.journals[name]
         for event in node.take_own_writes():  # as the daemon journals them
@@ -759,7 +771,8 @@ class Simulator:
             reply = self.nodes[dst].handle_stream(frame, at)
             self._flush(dst)
             delay = self.net_rng.uniform(self.options.latency_min, self.options.latency_max)
-            self._push(at + delay + len(reply) / self.options.bandwidth, STREAM_REPLY, src, sid, reply or None)
+            delay += len(reply) / self.options.bandwidth + self._retransmissions()
+            self._push(at + delay, STREAM_REPLY, src, sid, reply or None)
         else:
             src, sid, reply = item[3], item[4], item[5]
             self.nodes[src].on_stream_reply(sid, reply, at)
