@@ -181,3 +181,31 @@ def test_a_suspect_probed_hears_it_is_suspected_and_a_stale_suspicion_gets_our_a
     target.on_suspect(Suspect("me", 0, "b"), 2.0)
     assert target.incarnation == 1  # no new incarnation for an old suspicion...
     assert target.take_broadcasts() == [Alive("me", 1, ("10.0.0.1", 1))]  # ...but our Alive again
+
+
+def test_reconnect_attempts_sleep_while_no_member_is_dead_and_start_when_one_dies():
+    m = member_view("a", "b")
+    assert m.next_reconnect_at == float("inf")
+    assert m.next_deadline() == m.next_probe_at
+    m.on_dead(Dead("a", 1, "b"), 100.0)
+    assert m.next_reconnect_at == 100.0 + CONFIG.reconnect_interval
+    target = m.reconnect_target(100.0 + CONFIG.reconnect_interval)
+    assert target is not None
+    assert target.name == "a"
+
+
+def test_a_suspect_is_probed_within_two_probes_and_a_stale_accuser_is_told_better():
+    m = member_view("a", "b", "c", "d", "e", "f")
+    m.on_suspect(Suspect("c", 1, "b"), 0.0)
+    targets = []
+    for _ in range(2):
+        m.tick(m.next_probe_at)
+        targets += [msg.target for _, msg in m.take_outbox() if isinstance(msg, Ping)]
+        m._probe = None  # answered, as far as this test goes
+    assert "c" in targets
+    # An accuser still at an incarnation of "a" that "a" refuted: we tell it, directly.
+    m.on_alive(Alive("a", 5, ("10.0.0.9", 0)), 1.0)
+    m.take_outbox()
+    m.on_suspect(Suspect("a", 2, "d"), 2.0)
+    assert m.take_outbox() == [(("10.0.0.9", 3), Alive("a", 5, ("10.0.0.9", 0)))]
+    assert m.state_of("a") == State.ALIVE

@@ -11,7 +11,17 @@ from gossip_agent.core.config import local
 from gossip_agent.core.errors import LocalProtocolError
 from gossip_agent.core.membership import State
 from gossip_agent.core.node import Node
-from gossip_agent.core.wire import Ack, Alive, Dead, Ping, TableEvent, decode_datagram, encode_datagram, encode_frame
+from gossip_agent.core.wire import (
+    Ack,
+    Alive,
+    Dead,
+    Ping,
+    Suspect,
+    TableEvent,
+    decode_datagram,
+    encode_datagram,
+    encode_frame,
+)
 
 
 class Wire:
@@ -299,3 +309,73 @@ def test_a_sender_we_never_heard_of_is_asked_for_its_state_but_not_too_often():
     assert len(node.take_streams()) == 1
     node.handle_datagram(("198.18.0.2", 7946), encode_datagram("b", [Ack(1)]), now + 5)  # known: never
     assert node.take_streams() == []
+
+
+def test_an_idle_agent_wakes_for_its_probes_not_for_gossip_rounds_and_checks_tables_by_digest():
+    wire = Wire(["a", "b", "c"])
+    wire.form({"net": ["a", "b", "c"]})
+    wire.nodes["b"].write("net", "t", "k", b"v", wire.now, 0)
+    wire.run(40.0)  # the write spread, news retransmitted and done with, one periodic check each
+    node = wire.nodes["a"]
+    opened = {k: v for k, v in node.stats.items() if k.startswith("streams_opened_")}
+    wakeups, now, end = 0, wire.now, wire.now + 30.0
+    while now < end:  # time moves from deadline to deadline, as the daemon's timer does
+        now = max(now, min(n.next_deadline() for n in wire.nodes.values()))
+        wakeups += node.next_deadline() <= now
+        for n in wire.nodes.values():
+            if n.next_deadline() <= now:
+                n.tick(now)
+        wire.now = now
+        wire.deliver()
+    # A probe a second (start, and the answer's deadline at most) plus the periodic exchanges;
+    # gossip rounds would add five a second.
+    assert wakeups <= 3 * 30 + 10, wakeups
+    streams = {k: v - opened.get(k, 0) for k, v in node.stats.items() if k.startswith("streams_opened_")}
+    assert streams.get("streams_opened_sync", 0) == 0, streams  # tables agree: digests say so
+    assert wire.keys("a", "net") == {"k"}
+
+
+def test_a_sync_unanswered_for_a_second_gives_way_to_another_but_a_join_never():
+    wire = Wire(["a", "b", "c", "d", "e"])
+    wire.form({"net": ["a", "b", "c", "d", "e"]})
+    a = wire.nodes["a"]
+    state = a.networks["net"]
+    now = wire.now
+    a._start_sync("net", state, "b", now, "digest")
+    stuck = state.syncing
+    a.take_streams()  # never delivered
+    a.tick(now + 0.5)
+    assert state.syncing == stuck
+    a.tick(now + 1.01)
+    assert state.syncing != stuck
+    assert a.stats.get("syncs_retry") == 1
+    a.tick(now + 2.02)
+    a.tick(now + 3.03)  # three in flight now: the next waits for one to end
+    assert a.stats.get("syncs_retry") == 2
+    a.tick(now + 4.04)
+    assert a.stats.get("syncs_retry") == 2
+    # A join's sync (a whole table) is waited for however long it takes.
+    fresh = Wire(["p", "q"])
+    fresh.form({"net2": ["q"]})
+    p = fresh.nodes["p"]
+    p.attach("net2", fresh.now)
+    joining = p.networks["net2"]
+    assert joining.syncing is not None
+    p.take_streams()  # never delivered
+    p.tick(fresh.now + 5.0)
+    assert p.networks["net2"].syncing == joining.syncing
+    assert "syncs_retry" not in p.stats
+
+
+def test_the_answer_to_a_suspecters_probe_carries_the_refutation():
+    wire = Wire(["p", "q"])
+    wire.form({})
+    q = wire.nodes["q"]
+    incarnation = q.membership.incarnation
+    q.handle_datagram(
+        wire.nodes["p"].addr, encode_datagram("p", [Suspect("q", incarnation, "p"), Ping(9, "q")]), wire.now
+    )
+    (_, data), *_ = q.take_datagrams()
+    _, messages = decode_datagram(data)
+    assert messages[0] == Ack(9)
+    assert Alive("q", incarnation + 1, q.addr) in messages[1:]

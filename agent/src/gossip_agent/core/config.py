@@ -31,7 +31,7 @@ class Config:
     # Seconds between full membership exchanges (push-pull over a stream) with one random member.
     push_pull_interval: float = 30.0
     # Seconds between attempts to reach one random dead member, so a healed partition merges.
-    reconnect_interval: float = 5.0
+    reconnect_interval: float = 1.0
     # Seconds a dead member is remembered (and retried, one random dead member per
     # reconnect_interval) before it is forgotten: a partition shorter than this heals by itself.
     # libnetwork retries failed nodes for 24 h.

@@ -145,7 +145,7 @@ class Membership:
         self._relayed: dict[int, _RelayedProbe] = {}
         self._seq = 0
         self.next_probe_at = now + rng.random() * config.probe_interval  # spread probes out
-        self.next_reconnect_at = now + config.reconnect_interval
+        self.next_reconnect_at = math.inf  # no one is dead yet: see `_set_state`
         self._outbox: list[tuple[Address, Message]] = []
         self._broadcasts: list[Message] = []
         self.changes: list[MemberChange] = []
@@ -158,6 +158,7 @@ class Membership:
         self.refused_members = 0  # new members refused because MAX_MEMBERS are known
         self.forgotten: list[str] = []  # members dropped after dead_retention, for the node to clean up
         self._stream_probes: list[tuple[Address, Ping]] = []
+        self._probes_started = 0
 
     # --- outputs ------------------------------------------------------------------------------
 
@@ -222,6 +223,8 @@ class Membership:
             self.alive_count += 1
         if new != State.SUSPECT:
             self._suspicions.pop(member.name, None)
+        if new == State.DEAD:
+            self.next_reconnect_at = min(self.next_reconnect_at, now + self.config.reconnect_interval)
         self.changes.append(MemberChange(member.name, old, new, now))
 
     def _refute(self, incarnation: int) -> None:
@@ -277,7 +280,10 @@ class Membership:
                 self._broadcasts.append(Alive(self.name, self.incarnation, self.addr))
             return
         member = self.members.get(msg.node)
-        if member is None or msg.incarnation < member.incarnation:
+        if member is None:
+            return
+        if msg.incarnation < member.incarnation:
+            self._correct_accuser(msg.by, member)
             return
         if member.state == State.SUSPECT:
             suspicion = self._suspicions.get(msg.node)
@@ -294,6 +300,15 @@ class Membership:
             suspicion.deadline = self._suspicion_deadline(suspicion)
             self._suspicions[msg.node] = suspicion
             self._broadcasts.append(msg)
+
+    def _correct_accuser(self, accuser: str, member: Member) -> None:
+        """`accuser` suspects or buries `member` at an incarnation refuted already: it missed
+        the refutation, and its suspicion (up to a minute unconfirmed) would keep the cluster
+        from agreeing, while its stale rumour is dropped by everyone who knows better. Whoever
+        knows better tells it, directly."""
+        peer = self.members.get(accuser)
+        if member.state == State.ALIVE and peer is not None and peer.state in LIVE and accuser != self.name:
+            self._send(peer.addr, Alive(member.name, member.incarnation, member.addr))
 
     def _suspicion_deadline(self, suspicion: _Suspicion) -> float:
         # Lifeguard: start at the maximum and fall towards the minimum as independent
@@ -312,7 +327,10 @@ class Membership:
                 self._refute(msg.incarnation)
             return
         member = self.members.get(msg.node)
-        if member is None or msg.incarnation < member.incarnation or member.state in GONE:
+        if member is None or member.state in GONE:
+            return
+        if msg.incarnation < member.incarnation:
+            self._correct_accuser(msg.by, member)
             return
         member.incarnation = msg.incarnation
         self._set_state(member, transition(member.state, Input.DEAD), now)
@@ -367,6 +385,17 @@ class Membership:
     # --- probing ------------------------------------------------------------------------------
 
     def _next_target(self) -> Member | None:
+        self._probes_started += 1
+        if self._suspicions and self._probes_started % 2 == 0:
+            # Every other probe goes to a member we suspect: with the buddy system it hears so
+            # from us and refutes in its answer. Round-robin alone reaches it only after all
+            # others, and a suspicion we hold at an incarnation it refuted already (we missed
+            # that Alive, and everyone drops our stale rumour) kept the cluster from agreeing
+            # for tens of seconds after a heal.
+            name = self.rng.choice(sorted(self._suspicions))
+            member = self.members.get(name)
+            if member is not None and member.state == State.SUSPECT:
+                return member
         for _ in range(2):
             while self._probe_order:
                 name = self._probe_order.pop()
@@ -475,6 +504,11 @@ class Membership:
         self.next_reconnect_at = now + self.config.reconnect_interval
         self._forget_old_dead(now)
         dead = [m for m in self.members.values() if m.state == State.DEAD]
+        if not dead:
+            # Nothing to reconnect to until a member dies (`_set_state`), so idle agents sleep;
+            # but those that left are still forgotten in time.
+            left = [m.since + self.config.dead_retention for m in self.members.values() if m.state in GONE]
+            self.next_reconnect_at = max(self.next_reconnect_at, min(left, default=math.inf))
         return self.rng.choice(dead) if dead else None
 
     def _forget_old_dead(self, now: float) -> None:

@@ -12,10 +12,11 @@ drops (and counts) table events of networks it is not in.
 
 from __future__ import annotations
 
+import math
 import zlib
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -62,6 +63,8 @@ from .wire import (
 
 MAX_OUT_OF_SCOPE_NETWORKS = 256
 HOT_ROUNDS = 10  # rounds after a table change during which the network's digest is gossiped
+SYNC_PATIENCE = 1.0  # seconds a sync may go unanswered: TCP resends a lost SYN after 1 s (`_start_sync`)
+MAX_SYNCS_IN_FLIGHT = 3  # per network, the abandoned ones included
 LOUD_MISMATCH_ROUNDS = 10  # rounds a digest difference may last while news arrives before a sync
 # How far a Lamport time from the wire may be above where our clock started plus CLOCK_RATE per
 # second since. Clocks start at wall-clock microseconds (see `Node`) and move by one per write:
@@ -665,6 +668,9 @@ class Node:
         quiet = now - state.fresh_at >= self.config.gossip_interval
         if state.mismatch_since is None:
             state.mismatch_since = now
+        # A difference keeps us gossiping our digest, so that it is mended even once no table
+        # changes any more (a heal's last sync failed, say): it stops when digests agree.
+        state.hot_until = max(state.hot_until, now + HOT_ROUNDS * self.config.gossip_interval)
         state.mismatch_rounds += quiet
         behind = msg.count > table.count + self.config.digest_pull_threshold
         lasting = now - state.mismatch_since >= LOUD_MISMATCH_ROUNDS * self.config.gossip_interval
@@ -710,12 +716,14 @@ class Node:
         if m.refused_members:
             self.count("dropped_member_limit", m.refused_members)
             m.refused_members = 0
+        # News first, so that what we answer now carries it: an Ack to a suspecter's probe
+        # brings it our refutation.
+        for msg in m.take_broadcasts():
+            self.cluster_queue.put(("member", getattr(msg, "node", "")), encode_message(msg))
         for addr, msg in m.take_outbox():
             self._send_with_piggyback(addr, msg)
         for addr, ping in m.take_stream_probes():
             self._open_stream("ping", addr, ping, now, ping.target, seq=ping.seq)
-        for msg in m.take_broadcasts():
-            self.cluster_queue.put(("member", getattr(msg, "node", "")), encode_message(msg))
         for change in m.take_changes():
             self._on_member_change(change, now)
 
@@ -872,9 +880,27 @@ class Node:
         for record in msg.attachments:
             self._on_attachment(record, now)
 
+    def _sync_patience_ends(self, network: str, state: _NetworkState) -> float:
+        """When the network's sync in flight, unanswered, stops blocking another (see below)."""
+        pending = None if state.syncing is None else self._pending.get(state.syncing)
+        if pending is None or pending.why == "join":  # none, being merged, or a whole table
+            return math.inf
+        in_flight = sum(1 for p in self._pending.values() if p.kind == "sync" and p.network == network)
+        if in_flight >= MAX_SYNCS_IN_FLIGHT:
+            return math.inf
+        return pending.deadline - self.config.stream_timeout + SYNC_PATIENCE
+
     def _start_sync(self, network: str, state: _NetworkState, peer: str, now: float, why: str) -> None:
         if state.syncing is not None:
-            return
+            # One sync of a network at a time, but not one stuck behind a lost handshake (TCP
+            # retries a SYN after 1, 2, 4, 8 s: under 10 % loss one sync in a thousand waited
+            # 15 s, and the network's repair with it). Unanswered after SYNC_PATIENCE, another
+            # peer is asked; the first is left to time out and its answer dropped. At most
+            # MAX_SYNCS_IN_FLIGHT are left so, and a join's (a whole table) is always waited for.
+            if now < self._sync_patience_ends(network, state):
+                return
+            self.count("syncs_abandoned_slow")
+            state.syncing = None
         state.returned.discard(peer)
         addr = self.address_of(peer)
         if addr is None:
@@ -1007,17 +1033,25 @@ class Node:
     # === time ======================================================================================
 
     def next_deadline(self) -> float:
-        times = [self.next_gossip_at, self.next_reap_at]
+        times = [self.next_reap_at]
+        # No gossip round is due while there is nothing to gossip: an idle agent wakes for its
+        # probes, not five times a second. News queued later is sent at the next tick.
+        if len(self.cluster_queue) or any(now_hot > self.next_gossip_at for now_hot in self._hot_untils()):
+            times.append(self.next_gossip_at)
         if self._eager_due is not None:
             times.append(self._eager_due)
         if self.static is None:
             times += [self.membership.next_deadline(), self.next_push_pull_at]
         times.extend(s.next_sync_at for s in self.networks.values())
+        times.extend(self._sync_patience_ends(n, s) for n, s in self.networks.items() if s.syncing is not None)
         if self._pending:
             times.append(min(p.deadline for p in self._pending.values()))
         if self._absorbing:
             times.append(self._absorbing[0].queued_at)  # due at once: a slice per tick
         return min(times)
+
+    def _hot_untils(self) -> Iterator[float]:
+        return (state.hot_until for state in self.networks.values())
 
     @property
     def busy(self) -> bool:
@@ -1041,11 +1075,25 @@ class Node:
                 self._join_sync(network, state, now)
             if state.returned and state.syncing is None:
                 self._start_sync(network, state, min(state.returned), now, "return")
+            if state.syncing is not None and now >= self._sync_patience_ends(network, state):
+                peers = self._random_peers_in(network, 1)
+                if peers:
+                    self._start_sync(network, state, peers[0], now, "retry")
             if now >= state.next_sync_at:
                 state.next_sync_at = now + self.config.bulk_sync_interval
                 peers = self._random_peers_in(network, 1)
-                if peers:
+                if peers and not state.own_synced:
                     self._start_sync(network, state, peers[0], now, "periodic")
+                elif peers:
+                    # The periodic check is our digest, in one datagram: a peer that differs
+                    # gossips its own back and one of us syncs (`_on_digest`). A bulk sync with
+                    # a peer that agrees was two streams for nothing, and most of an idle
+                    # agent's CPU.
+                    addr = self.address_of(peers[0])
+                    if addr is not None:
+                        self._emit(
+                            addr, [encode_message(NetworkDigest(network, state.table.digest, state.table.count))]
+                        )
         for sid, pending in list(self._pending.items()):
             if now >= pending.deadline:
                 del self._pending[sid]
