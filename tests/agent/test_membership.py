@@ -209,3 +209,22 @@ def test_a_suspect_is_probed_within_two_probes_and_a_stale_accuser_is_told_bette
     m.on_suspect(Suspect("a", 2, "d"), 2.0)
     assert m.take_outbox() == [(("10.0.0.9", 3), Alive("a", 5, ("10.0.0.9", 0)))]
     assert m.state_of("a") == State.ALIVE
+
+
+def test_a_member_that_left_is_forgotten_in_time_though_no_one_died():
+    m = member_view("a", "b")
+    m.on_leave(Leave("a", 1), 10.0)
+    assert m.next_reconnect_at == 10.0 + CONFIG.reconnect_interval
+    assert m.reconnect_target(m.next_reconnect_at) is None  # no one dead: sleep till it is due
+    assert m.next_reconnect_at == 10.0 + CONFIG.dead_retention
+    m.reconnect_target(m.next_reconnect_at + 1)
+    assert "a" in m.forgotten
+
+
+def test_a_datagram_full_of_stale_accusations_gets_one_answer():
+    m = member_view("a", "c")
+    m.on_alive(Alive("a", 5, ("10.0.0.9", 0)), 1.0)
+    m.take_outbox()
+    for _ in range(60):
+        m.on_suspect(Suspect("a", 2, "c"), 2.0)
+    assert len(m.take_outbox()) == 1

@@ -15,6 +15,7 @@ from gossip_agent.core.wire import (
     Ack,
     Alive,
     Dead,
+    NetworkDigest,
     Ping,
     Suspect,
     TableEvent,
@@ -305,7 +306,7 @@ def test_a_sender_we_never_heard_of_is_asked_for_its_state_but_not_too_often():
     node.handle_datagram(("198.18.9.9", 7946), hello, now + 0.5)  # the same sender again: not yet
     node.handle_datagram(("198.18.9.8", 7946), encode_datagram("other", [Ack(1)]), now + 0.01)  # too soon
     assert node.take_streams() == []
-    node.handle_datagram(("198.18.9.8", 7946), encode_datagram("other", [Ack(1)]), now + 0.2)
+    node.handle_datagram(("198.18.9.8", 7946), encode_datagram("other", [Ack(1)]), now + 1.05)
     assert len(node.take_streams()) == 1
     node.handle_datagram(("198.18.0.2", 7946), encode_datagram("b", [Ack(1)]), now + 5)  # known: never
     assert node.take_streams() == []
@@ -379,3 +380,27 @@ def test_the_answer_to_a_suspecters_probe_carries_the_refutation():
     _, messages = decode_datagram(data)
     assert messages[0] == Ack(9)
     assert Alive("q", incarnation + 1, q.addr) in messages[1:]
+
+
+def test_a_stuck_sync_with_no_one_left_to_ask_stops_waiting():
+    wire = Wire(["a", "b"])
+    wire.form({"net": ["a", "b"]})
+    a = wire.nodes["a"]
+    state = a.networks["net"]
+    a._start_sync("net", state, "b", wire.now, "digest")
+    a.take_streams()  # never answered
+    a.membership.on_dead(Dead("b", a.membership.members["b"].incarnation, "a"), wire.now)
+    a._drain_membership(wire.now)
+    a.tick(wire.now + 1.5)
+    assert state.syncing is None
+    assert a.next_deadline() > wire.now + 1.5  # no deadline left in the past: no busy loop
+
+
+def test_digests_from_strangers_to_the_network_are_not_acted_on():
+    wire = Wire(["a", "b"])
+    wire.form({"net": ["a", "b"]})
+    a = wire.nodes["a"]
+    forged = encode_datagram("mallory", [NetworkDigest("net", 1, 10**6)])  # far "ahead"
+    a.handle_datagram(("198.18.9.9", 7946), forged, wire.now + 1)
+    assert a.stats.get("dropped_digest_stranger") == 1
+    assert [r for r in a.take_streams() if a._pending[r.id].kind == "sync"] == []

@@ -143,3 +143,9 @@ def test_too_many_held_versions_are_refused():
     data = msgpack.packb([wire.PROTOCOL_VERSION, "w2", body], use_bin_type=True)
     with pytest.raises(RemoteProtocolError):
         wire.decode_frame(data, 1 << 24)
+
+
+def test_sync_messages_without_held_versions_keep_the_old_shape():
+    request = msgpack.unpackb(wire.encode_frame("w1", wire.SyncRequest("n", {})))
+    response = msgpack.unpackb(wire.encode_frame("w1", wire.SyncResponse("n", (), {}, (), True)))
+    assert (len(request[2]), len(response[2])) == (1 + 2, 1 + 5)  # type + fields, as before `held`

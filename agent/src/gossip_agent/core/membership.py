@@ -159,6 +159,7 @@ class Membership:
         self.forgotten: list[str] = []  # members dropped after dead_retention, for the node to clean up
         self._stream_probes: list[tuple[Address, Ping]] = []
         self._probes_started = 0
+        self._corrected: dict[str, float] = {}  # accuser -> when we last told it better
 
     # --- outputs ------------------------------------------------------------------------------
 
@@ -223,7 +224,7 @@ class Membership:
             self.alive_count += 1
         if new != State.SUSPECT:
             self._suspicions.pop(member.name, None)
-        if new == State.DEAD:
+        if new in GONE:  # a dead member to try, or one that left to forget in time
             self.next_reconnect_at = min(self.next_reconnect_at, now + self.config.reconnect_interval)
         self.changes.append(MemberChange(member.name, old, new, now))
 
@@ -283,7 +284,7 @@ class Membership:
         if member is None:
             return
         if msg.incarnation < member.incarnation:
-            self._correct_accuser(msg.by, member)
+            self._correct_accuser(msg.by, member, now)
             return
         if member.state == State.SUSPECT:
             suspicion = self._suspicions.get(msg.node)
@@ -301,14 +302,21 @@ class Membership:
             self._suspicions[msg.node] = suspicion
             self._broadcasts.append(msg)
 
-    def _correct_accuser(self, accuser: str, member: Member) -> None:
+    def _correct_accuser(self, accuser: str, member: Member, now: float) -> None:
         """`accuser` suspects or buries `member` at an incarnation refuted already: it missed
         the refutation, and its suspicion (up to a minute unconfirmed) would keep the cluster
         from agreeing, while its stale rumour is dropped by everyone who knows better. Whoever
-        knows better tells it, directly."""
+        knows better tells it, directly: once per accuser a probe interval, so that a datagram
+        full of stale accusations is not turned into as many datagrams at someone."""
         peer = self.members.get(accuser)
-        if member.state == State.ALIVE and peer is not None and peer.state in LIVE and accuser != self.name:
-            self._send(peer.addr, Alive(member.name, member.incarnation, member.addr))
+        if member.state != State.ALIVE or peer is None or peer.state not in LIVE or accuser == self.name:
+            return
+        if now - self._corrected.get(accuser, -math.inf) < self.config.probe_interval:
+            return
+        if len(self._corrected) >= MAX_MEMBERS:
+            self._corrected.clear()
+        self._corrected[accuser] = now
+        self._send(peer.addr, Alive(member.name, member.incarnation, member.addr))
 
     def _suspicion_deadline(self, suspicion: _Suspicion) -> float:
         # Lifeguard: start at the maximum and fall towards the minimum as independent
@@ -330,7 +338,7 @@ class Membership:
         if member is None or member.state in GONE:
             return
         if msg.incarnation < member.incarnation:
-            self._correct_accuser(msg.by, member)
+            self._correct_accuser(msg.by, member, now)
             return
         member.incarnation = msg.incarnation
         self._set_state(member, transition(member.state, Input.DEAD), now)

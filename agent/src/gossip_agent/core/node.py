@@ -65,6 +65,7 @@ MAX_OUT_OF_SCOPE_NETWORKS = 256
 HOT_ROUNDS = 10  # rounds after a table change during which the network's digest is gossiped
 SYNC_PATIENCE = 1.0  # seconds a sync may go unanswered: TCP resends a lost SYN after 1 s (`_start_sync`)
 MAX_SYNCS_IN_FLIGHT = 3  # per network, the abandoned ones included
+MISMATCH_HOT_LIMIT = 30.0  # seconds a lasting digest difference keeps a network's digests going
 LOUD_MISMATCH_ROUNDS = 10  # rounds a digest difference may last while news arrives before a sync
 # How far a Lamport time from the wire may be above where our clock started plus CLOCK_RATE per
 # second since. Clocks start at wall-clock microseconds (see `Node`) and move by one per write:
@@ -81,7 +82,7 @@ MAX_PROBES_PER_DATAGRAM = 2
 # Senders we never heard of that we exchanged state with lately (see `_ask_unknown`), and how
 # far apart two such exchanges are at least: forged senders must not make us open streams en masse.
 MAX_UNKNOWN_ASKED = 256
-UNKNOWN_PULL_SPACING = 0.1
+UNKNOWN_PULL_SPACING = 1.0
 # Sync responses we owe a push for: at most this many (peer, network) pairs are remembered.
 MAX_EXPECTED_PUSHES = 1024
 # Entries of received syncs waiting to be merged; a sync beyond this is refused (and retried later).
@@ -474,6 +475,7 @@ class Node:
 
     def leave(self, now: float) -> None:
         """Graceful leave: the Leave message goes out at once to a few members and on the queue."""
+        self._flush_eager()  # what waits for our subtree (a detach's tombstones) goes first
         msg = self.membership.leave(now)
         self.left = True
         encoded = [encode_message(msg)]
@@ -521,7 +523,8 @@ class Node:
         """A member we never heard of talks to us: it knows us, we missed its news (we joined
         on the other side of a partition, say, and it never changed since). Exchange state with
         it now, not at the next push-pull, which may be 30 s away; once per sender a
-        reconnect_interval, and one such exchange per UNKNOWN_PULL_SPACING at most."""
+        reconnect_interval, and one such exchange per UNKNOWN_PULL_SPACING at most (the source
+        address may be forged: all of a cluster must not be turned on one host)."""
         asked = self._unknown_asked
         if now < self._next_unknown_pull_at or now - asked.get(sender, -1e9) < self.config.reconnect_interval:
             return
@@ -656,6 +659,11 @@ class Node:
         if state is None:
             self._out_of_scope(msg.network)
             return
+        if not self.owner_ok(msg.network, sender):
+            # Not a live member of the network as far as we know: a sync with it could not
+            # start, and its digests must not take the turn of those that can.
+            self.count("dropped_digest_stranger")
+            return
         table = state.table
         if msg.digest == table.digest:
             state.mismatch_rounds, state.mismatch_since = 0, None
@@ -669,8 +677,11 @@ class Node:
         if state.mismatch_since is None:
             state.mismatch_since = now
         # A difference keeps us gossiping our digest, so that it is mended even once no table
-        # changes any more (a heal's last sync failed, say): it stops when digests agree.
-        state.hot_until = max(state.hot_until, now + HOT_ROUNDS * self.config.gossip_interval)
+        # changes any more (a heal's last sync failed, say): it stops when digests agree, or
+        # after MISMATCH_HOT_LIMIT of one that syncs do not mend (tombstones reaped here and not
+        # yet there); the periodic digest then brings one sync a bulk_sync_interval.
+        if now - state.mismatch_since < MISMATCH_HOT_LIMIT:
+            state.hot_until = max(state.hot_until, now + HOT_ROUNDS * self.config.gossip_interval)
         state.mismatch_rounds += quiet
         behind = msg.count > table.count + self.config.digest_pull_threshold
         lasting = now - state.mismatch_since >= LOUD_MISMATCH_ROUNDS * self.config.gossip_interval
@@ -983,7 +994,7 @@ class Node:
             job.full_keys.pop(owner, None)
         # A digest's sync repairs what the tree missed, and a datagram of the tree lost here was
         # lost to our whole subtree: what is new to us goes on down it (children only).
-        repairing = job.response_to is not None and job.response_to.why == "digest"
+        repairing = job.response_to is not None and job.response_to.why in ("digest", "retry")
         applied: list[TableEvent] | None = [] if repairing else None
         changes = state.table.merge(theirs, job.full_keys, now, owner_ok, applied)
         for event in applied or ():
@@ -1079,6 +1090,8 @@ class Node:
                 peers = self._random_peers_in(network, 1)
                 if peers:
                     self._start_sync(network, state, peers[0], now, "retry")
+                else:  # no one left to ask: stop waiting (its late answer is dropped)
+                    state.syncing = None
             if now >= state.next_sync_at:
                 state.next_sync_at = now + self.config.bulk_sync_interval
                 peers = self._random_peers_in(network, 1)

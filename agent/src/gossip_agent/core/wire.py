@@ -470,7 +470,9 @@ class SyncRequest(Message):
     held: Held = field(default_factory=dict)
 
     def to_wire(self) -> list[Any]:
-        return [self.network, _digest_to_wire(self.digest), _held_to_wire(self.held)]
+        # Without held versions, the shape agents before them decode (a rolling upgrade).
+        tail = [_held_to_wire(self.held)] if self.held else []
+        return [self.network, _digest_to_wire(self.digest), *tail]
 
     @classmethod
     def from_wire(cls, raw: list[Any]) -> SyncRequest:
@@ -501,7 +503,7 @@ class SyncResponse(Message):
             _digest_to_wire(self.digest),
             list(self.full_owners),
             self.member,
-            _held_to_wire(self.held),
+            *([_held_to_wire(self.held)] if self.held else []),  # as SyncRequest
         ]
 
     @classmethod
