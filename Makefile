@@ -52,6 +52,7 @@ test: lint tests
 
 bench: $(STAMP)
 	$(PY) bench/sim_scale.py
+	$(PY) bench/maelstrom.py
 	$(PY) bench/agent_bench.py
 
 # Generated simulator runs (seeded schedules of operations and faults, see docs/design-notes.md):
