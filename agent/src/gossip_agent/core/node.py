@@ -16,7 +16,7 @@ import math
 import zlib
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -403,10 +403,10 @@ class Node:
         self._own_writes.append(event)
         if change is not None and change.visible:
             self._changes.append(change)
-        self._rumor(state, event, now)
+        self._spread(state, event, now)
         return event
 
-    def _rumor(self, state: _NetworkState, event: TableEvent, now: float, sender: str | None = None) -> None:
+    def _spread(self, state: _NetworkState, event: TableEvent, now: float, sender: str | None = None) -> None:
         """A version new to us (our write, or first received from `sender`): pushed at once down
         the network's eager tree. What the tree misses (a datagram lost, a member dead or not yet
         known to someone) the digests of the next rounds reveal, and a sync repairs."""
@@ -652,7 +652,7 @@ class Node:
             if change.visible:
                 self._changes.append(change)
         entry.pushed = True
-        self._rumor(state, event, now, sender)
+        self._spread(state, event, now, sender)
 
     def _on_digest(self, sender: str, msg: NetworkDigest, now: float) -> None:
         state = self.networks.get(msg.network)
@@ -1047,7 +1047,7 @@ class Node:
         times = [self.next_reap_at]
         # No gossip round is due while there is nothing to gossip: an idle agent wakes for its
         # probes, not five times a second. News queued later is sent at the next tick.
-        if len(self.cluster_queue) or any(now_hot > self.next_gossip_at for now_hot in self._hot_untils()):
+        if len(self.cluster_queue) or any(s.hot_until > self.next_gossip_at for s in self.networks.values()):
             times.append(self.next_gossip_at)
         if self._eager_due is not None:
             times.append(self._eager_due)
@@ -1060,9 +1060,6 @@ class Node:
         if self._absorbing:
             times.append(self._absorbing[0].queued_at)  # due at once: a slice per tick
         return min(times)
-
-    def _hot_untils(self) -> Iterator[float]:
-        return (state.hot_until for state in self.networks.values())
 
     @property
     def busy(self) -> bool:
