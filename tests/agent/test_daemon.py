@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
 import socket
+import sqlite3
 import struct
 
 import pytest
 
 from gossip_agent.core import wire
+from gossip_agent.runtime.client import ApiFailure
 
 from .agents import Cluster, wait_for
 
@@ -170,3 +173,65 @@ def test_fault_hook_drops_traffic_to_one_peer_until_cleared(cluster):
     assert a.ctl("fault", "clear").returncode == 0
     assert b.ctl("fault", "clear").returncode == 0
     wait_for(lambda: "held" in b.keys("net"), 15, "the entry to reach a02 once the fault is cleared")
+
+
+def _post(sock: socket.socket, key: str) -> None:
+    body = json.dumps({"entries": [{"table": "ep", "key": key, "value": key}]}).encode()
+    head = f"POST /networks/net/entries HTTP/1.1\r\nHost: a\r\nContent-Length: {len(body)}\r\n\r\n"
+    sock.sendall(head.encode() + body)
+
+
+def _answer(sock: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data or not data.endswith(b"}"):
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    return data
+
+
+def test_writes_in_one_turn_share_a_commit_answered_only_when_durable(cluster):
+    """Group commit: requests that arrive together are journaled in one transaction; each is
+    answered only after it, so a SIGKILL right after the answers loses none. A journal that
+    cannot be written is answered 500, and the agent goes on."""
+    agent = cluster.add("solo", 1, networks=[{"id": "net"}], seeds=[])
+    agent.start()
+    conns = []
+    for _ in range(4):
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.settimeout(10)
+        conn.connect(agent.socket)
+        conns.append(conn)
+    keys = set()
+    for burst in range(50):
+        for i, conn in enumerate(conns):
+            _post(conn, f"k{burst}-{i}")
+            keys.add(f"k{burst}-{i}")
+        for conn in conns:
+            assert _answer(conn).startswith(b"HTTP/1.1 200 ")
+    commits = agent.api("GET", "/stats")["counters"]["journal_group_commits"]
+    print(f"{len(keys)} requests, {commits} journal commits")
+    assert commits < len(keys)  # some requests shared one
+    agent.signal(signal.SIGKILL)
+    agent.wait()
+    for conn in conns:
+        conn.close()
+    agent.start()
+    assert agent.keys("net") == keys
+    # Another writer holds the journal's write lock past sqlite's busy timeout: the write is refused.
+    locker = sqlite3.connect(agent.dir / "state" / "journal.db", isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(ApiFailure) as info:
+            agent.api("POST", "/networks/net/entries", {"entries": [{"table": "ep", "key": "late", "value": "v"}]})
+        assert info.value.status == 500
+        assert "journal write failed: database is locked" in str(info.value)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    agent.api("POST", "/networks/net/entries", {"entries": [{"table": "ep", "key": "after", "value": "v"}]})
+    assert agent.api("GET", "/stats")["counters"]["journal_errors"] >= 1
+    agent.signal(signal.SIGKILL)
+    agent.wait()
+    agent.start()
+    assert "after" in agent.keys("net")

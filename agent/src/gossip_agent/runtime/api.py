@@ -14,6 +14,7 @@ import ipaddress
 import json
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -187,7 +188,15 @@ class Api:
                     return
                 if request is None:
                     return
+                writes = self.agent.writes
                 status, body, ctype = answer(*request)
+                if self.agent.writes != writes and self.agent.pending_commit is not None:
+                    try:
+                        await asyncio.shield(self.agent.pending_commit)  # shared by the whole group
+                    except sqlite3.Error as exc:
+                        # Applied and spreading; only its durability is in doubt (retried).
+                        message = f"journal write failed: {exc}; the write is applied but not yet durable"
+                        status, body, ctype = 500, _error(message), "application/json"
                 await self._send(conn, writer, status, body, ctype)
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return  # h11 says this connection cannot carry another request
@@ -209,7 +218,8 @@ class Api:
             except h11.RemoteProtocolError as exc:
                 raise ApiError(exc.error_status_hint, f"malformed request: {exc}") from None
             if event is h11.NEED_DATA:
-                data = await asyncio.wait_for(reader.read(65536), READ_TIMEOUT)
+                async with asyncio.timeout(READ_TIMEOUT):  # cheaper than wait_for: no task per read
+                    data = await reader.read(65536)
                 conn.receive_data(data)  # b"" is the client's EOF
                 continue
             if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
@@ -234,10 +244,10 @@ class Api:
                     ctype: str) -> None:  # fmt: skip
         headers = [("Content-Type", ctype), ("Content-Length", str(len(body)))]
         reason = HTTPStatus(status).phrase.encode()
-        writer.write(conn.send(h11.Response(status_code=status, headers=headers, reason=reason)) or b"")
-        writer.write(conn.send(h11.Data(data=body)) or b"")
-        writer.write(conn.send(h11.EndOfMessage()) or b"")
-        await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
+        head = conn.send(h11.Response(status_code=status, headers=headers, reason=reason)) or b""
+        writer.write(head + (conn.send(h11.Data(data=body)) or b"") + (conn.send(h11.EndOfMessage()) or b""))
+        async with asyncio.timeout(READ_TIMEOUT):
+            await writer.drain()
 
     def _answer(self, method: str, target: str, raw: bytes) -> tuple[int, bytes, str]:
         started = time.process_time()

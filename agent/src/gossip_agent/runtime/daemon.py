@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import signal
+import sqlite3
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -20,6 +21,7 @@ from ..core.errors import LocalProtocolError
 from ..core.membership import State
 from ..core.node import Node, StreamRequest
 from ..core.table import Change
+from ..core.wire import TableEvent
 from .config import AgentConfig, NetworkConfig
 from .crypto import Keyring
 from .dataplane import Dataplane
@@ -27,6 +29,7 @@ from .store import Journal
 from .transport import LinkFault, Transport
 
 LAMPORT_LEASE = 10_000  # Lamport ticks leased per durable journal write
+JOURNAL_BACKOFF_MAX = 30.0  # seconds between retries of a journal that keeps failing
 log = logging.getLogger("gossip_agent")
 
 
@@ -69,6 +72,11 @@ class Agent:
         self._lamport_lease = 0
         self._next_journal_prune = 0.0
         self._saved_incarnation = self.node.membership.incarnation
+        self.writes = 0  # write requests taken, so that only their answers wait for the commit
+        self.pending_commit: asyncio.Future[None] | None = None  # the group commit writes wait for
+        self._unjournaled: list[TableEvent] = []  # own writes a failed journal write left to retry
+        self._journal_backoff = 0.0
+        self._journal_retry_at = 0.0
         self.journal.set_meta("incarnation", self._saved_incarnation)  # the next life starts above it
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stopping = asyncio.Event()
@@ -117,19 +125,16 @@ class Agent:
         if now >= self._next_journal_prune:
             # A host that deletes all day must not keep every tombstone until its next restart.
             self._next_journal_prune = now + min(3600.0, self.config.protocol.tombstone_ttl)
-            self.journal.prune(self.wall_ms(), self.config.protocol.tombstone_ttl)
+            try:
+                self.journal.prune(self.wall_ms(), self.config.protocol.tombstone_ttl)
+            except sqlite3.Error as exc:  # tried again at the next interval; the tick goes on
+                log.error("journal prune failed: %s", exc)
+                self.node.count("journal_errors")
         self._pump()
 
     def _pump(self) -> None:
         node = self.node
-        if node.clock.time >= self._lamport_lease:
-            # Lease Lamport time ahead, durably, before any of it leaves this host: the journal's
-            # own writes are synchronous=NORMAL and an OS crash may lose the last of them, and a
-            # restart that reused a time would give two values one version.
-            self._lamport_lease = node.clock.time + LAMPORT_LEASE
-            self.journal.lease_lamport(self._lamport_lease)
-        # Journal every own write, the core's re-assertions too; not a left network's tombstones.
-        self.journal.record([e for e in node.take_own_writes() if e.network in node.networks])
+        self._write_journal()
         for addr, data in node.take_datagrams():
             self.transport.send(addr, data)
         for request in node.take_streams():
@@ -139,9 +144,6 @@ class Agent:
                 self.dataplane.on_change(change.network, change.table, change.key, change.after, change.at)
             elif change.after == State.SUSPECT:
                 node.count("member_suspected")
-        if node.membership.incarnation != self._saved_incarnation:
-            self._saved_incarnation = node.membership.incarnation
-            self.journal.set_meta("incarnation", self._saved_incarnation)
         if not self.stopping.is_set():
             deadline = node.next_deadline()
             if self._timer is None or self._timer_at > deadline + 0.001:
@@ -149,6 +151,43 @@ class Agent:
                     self._timer.cancel()
                 self._timer_at = max(deadline, self.now())
                 self._timer = self.loop.call_at(self._timer_at, self._tick)
+
+    def _write_journal(self) -> None:
+        """What must be durable before this pump's messages leave: the Lamport lease, own writes,
+        the incarnation. A failure is not fatal: the node goes on (the pump must still flush and
+        re-arm its timer), the writes are retried at a later pump (backing off while the journal
+        keeps failing), and the writers waiting on this commit are told theirs are not durable."""
+        node = self.node
+        commit, self.pending_commit = self.pending_commit, None
+        # Every own write, the core's re-assertions too; not a left network's tombstones.
+        self._unjournaled = [e for e in [*self._unjournaled, *node.take_own_writes()] if e.network in node.networks]
+        if commit is None and self.now() < self._journal_retry_at:
+            return  # each try may block the loop for the lock's timeout: back off, unless a writer waits
+        try:
+            if node.clock.time >= self._lamport_lease:
+                # Lease Lamport time ahead, durably, before any of it leaves this host: the
+                # journal's own writes are synchronous=NORMAL and an OS crash may lose the last of
+                # them, and a restart that reused a time would give two values one version.
+                lease = node.clock.time + LAMPORT_LEASE
+                self.journal.lease_lamport(lease)
+                self._lamport_lease = lease
+            self.journal.record(self._unjournaled)
+            self._unjournaled = []
+            if node.membership.incarnation != self._saved_incarnation:
+                self.journal.set_meta("incarnation", node.membership.incarnation)
+                self._saved_incarnation = node.membership.incarnation
+        except sqlite3.Error as exc:
+            log.error("journal write failed (%d writes wait to be retried): %s", len(self._unjournaled), exc)
+            node.count("journal_errors")
+            self._journal_backoff = min(JOURNAL_BACKOFF_MAX, 2 * self._journal_backoff or 1.0)
+            self._journal_retry_at = self.now() + self._journal_backoff
+            if commit is not None:
+                commit.set_exception(exc)
+            return
+        self._journal_backoff = 0.0
+        if commit is not None:
+            commit.set_result(None)
+            node.count("journal_group_commits")
 
     async def _stream(self, request: StreamRequest) -> None:
         reply = await self.transport.request(request.addr, request.frame)
@@ -219,7 +258,7 @@ class Agent:
         self.node.require_network(network)  # raises LocalProtocolError when not attached
         now, wall = self.now(), self.wall_ms()
         events = [self.node.write(network, table, key, value, now, wall) for table, key, value in items]
-        self._pump()
+        self._commit_soon()
         return len(events)
 
     def delete(self, network: str, items: Iterable[tuple[str, str]]) -> int:
@@ -230,8 +269,17 @@ class Agent:
             raise LocalProtocolError(f"no entry {missing[0]} in network {network!r} ({len(missing)} missing)")
         now, wall = self.now(), self.wall_ms()
         events = [self.node.delete(network, table, key, now, wall) for table, key in keys]
-        self._pump()
+        self._commit_soon()
         return len(events)
+
+    def _commit_soon(self) -> None:
+        """Group commit: the writes of every request answered in this loop turn go to the journal
+        in one transaction, and out in one flush, at the start of the next turn; each answer
+        waits for it (pending_commit), so none is given before its write is durable."""
+        self.writes += 1
+        if self.pending_commit is None:
+            self.pending_commit = self.loop.create_future()
+            self.loop.call_soon(self._pump)
 
     def set_fault(self, peer: str, drop: float, delay: float) -> None:
         self.transport.faults[peer] = LinkFault(drop, delay)

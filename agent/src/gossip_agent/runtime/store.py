@@ -9,7 +9,8 @@ keep the entry alive.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..core.wire import TableEvent
@@ -35,7 +36,9 @@ class Journal:
     def __init__(self, path: Path, owner: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.owner = owner
-        self.db = sqlite3.connect(path, isolation_level=None)
+        # A writer locked out (someone else holds the journal's lock) blocks the event loop while
+        # it waits: one second, not sqlite's five, then the write fails and is retried.
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=1.0)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process crash
         self.db.executescript(SCHEMA)
@@ -48,16 +51,28 @@ class Journal:
         rows = [(e.network, e.table, e.key, e.value, e.lamport, e.wall_ms, int(e.deleted)) for e in events]
         if not rows:
             return
+        with self._transaction():
+            self.db.executemany(
+                "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (network, tbl, key) DO UPDATE SET "
+                "value=excluded.value, lamport=excluded.lamport, wall_ms=excluded.wall_ms, deleted=excluded.deleted",
+                rows,
+            )
+            self.db.execute(
+                "INSERT INTO meta VALUES ('lamport', ?) ON CONFLICT (name) DO UPDATE SET "
+                "value=max(value, excluded.value)",
+                (max(r[4] for r in rows),),
+            )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """All or nothing; a failed one is rolled back, so the next can begin (sqlite3.Error
+        raised: locked by another writer, disk full)."""
         self.db.execute("BEGIN")
-        self.db.executemany(
-            "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (network, tbl, key) DO UPDATE SET "
-            "value=excluded.value, lamport=excluded.lamport, wall_ms=excluded.wall_ms, deleted=excluded.deleted",
-            rows,
-        )
-        self.db.execute(
-            "INSERT INTO meta VALUES ('lamport', ?) ON CONFLICT (name) DO UPDATE SET value=max(value, excluded.value)",
-            (max(r[4] for r in rows),),
-        )
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
         self.db.execute("COMMIT")
 
     def attached(self, network: str, vxlan_id: int | None = None, subnet: str | None = None) -> None:
@@ -70,10 +85,9 @@ class Journal:
         )
 
     def detached(self, network: str) -> None:
-        self.db.execute("BEGIN")
-        self.db.execute("DELETE FROM networks WHERE name = ?", (network,))
-        self.db.execute("DELETE FROM entries WHERE network = ?", (network,))
-        self.db.execute("COMMIT")
+        with self._transaction():
+            self.db.execute("DELETE FROM networks WHERE name = ?", (network,))
+            self.db.execute("DELETE FROM entries WHERE network = ?", (network,))
 
     def networks(self) -> list[NetworkConfig]:
         rows = self.db.execute("SELECT name, vxlan_id, subnet FROM networks ORDER BY name")
