@@ -186,6 +186,7 @@ class Node:
         # other than us (cached; rebuilt when membership or attachments change).
         self.attachments: dict[tuple[str, str], NodeNetwork] = {}
         self._peers_cache: dict[str, list[str]] = {}
+        self._tree_cache: dict[str, tuple[list[str], str]] = {}  # network -> (our children, root)
         self.networks: dict[str, _NetworkState] = {}
         # What does not fit travels by push-pull: forged or storming news must not grow it for ever.
         self.cluster_queue = BroadcastQueue(MAX_CLUSTER_BACKLOG)
@@ -377,7 +378,7 @@ class Node:
             self._detached_at.pop(key, None)
         else:
             self._detached_at[key] = now  # reaped with tombstones: push-pull carries every record
-        self._peers_cache.pop(record.network, None)
+        self._forget_views(record.network)
         self.cluster_queue.put(("attach", record.node, record.network), encode_message(record))
 
     def write(self, network: str, table: str, key: str, value: bytes, now: float, wall_ms: int) -> TableEvent:
@@ -419,7 +420,18 @@ class Node:
 
     def _tree_targets(self, network: str, owner: str) -> list[str]:
         """Where a fresh event of `owner` goes from us: our children in the network's tree, and,
-        for our own writes, its root.
+        for our own writes, its root; never back to the owner."""
+        tree = self._tree_cache.get(network)
+        if tree is None:
+            tree = self._tree_cache[network] = self._tree_place(network)
+        children, root = tree
+        targets = [c for c in children if c != owner]
+        if owner == self.name and root != self.name:
+            targets.append(root)
+        return targets
+
+    def _tree_place(self, network: str) -> tuple[list[str], str]:
+        """Our children in the network's eager tree, and its root.
 
         The tree is a `tree_fanout`-ary heap over the network's live members in name order,
         rotated to start at a place drawn from the network's name (so one member is not the root
@@ -439,10 +451,17 @@ class Node:
         root = zlib.crc32(network.encode()) % size  # the tree's place p is members[(p + root) % size]
         place = (bisect_left(members, self.name) - root) % size
         fanout = self.config.tree_fanout
-        places = list(range(fanout * place + 1, min(size, fanout * place + fanout + 1)))
-        if owner == self.name and place != 0:
-            places.append(0)
-        return [t for t in (members[(p + root) % size] for p in places) if t != owner]
+        children = [members[(p + root) % size] for p in range(fanout * place + 1, min(size, fanout * (place + 1) + 1))]
+        return children, members[root]
+
+    def _forget_views(self, network: str | None = None) -> None:
+        """Membership or attachments changed: peers and trees are computed anew when next needed."""
+        if network is None:
+            self._peers_cache.clear()
+            self._tree_cache.clear()
+        else:
+            self._peers_cache.pop(network, None)
+            self._tree_cache.pop(network, None)
 
     def _push_eager(self, target: str, encoded: bytes, now: float) -> None:
         addr = self.address_of(target)
@@ -740,7 +759,7 @@ class Node:
 
     def _on_member_change(self, change: MemberChange, now: float) -> None:
         self._changes.append(change)
-        self._peers_cache.clear()
+        self._forget_views()
         name = change.name
         if change.after in GONE:
             # Every network, whether or not its attachment record reached us: entries can arrive
@@ -1130,7 +1149,7 @@ class Node:
             for key in [k for k in self.attachments if k[0] in gone]:
                 del self.attachments[key]
                 self._detached_at.pop(key, None)
-            self._peers_cache.clear()
+            self._forget_views()
         if target is not None:
             self._open_stream("push-pull", target.addr, self._push_pull(join=False), now, target.name)
         if now >= self.next_push_pull_at:
