@@ -8,7 +8,15 @@ import pytest
 
 from gossip_agent.core.config import Config
 from gossip_agent.core.errors import LocalProtocolError
-from gossip_agent.core.membership import TRANSITIONS, Input, Membership, State, transition
+from gossip_agent.core.membership import (
+    HEAL_BURST,
+    REMINDED_SUSPECTS,
+    TRANSITIONS,
+    Input,
+    Membership,
+    State,
+    transition,
+)
 from gossip_agent.core.wire import Ack, Alive, Dead, IndirectPing, Leave, Ping, Suspect
 
 CONFIG = Config()
@@ -58,6 +66,7 @@ def test_local_health_stretches_probing_when_we_look_slow_and_recovers_on_acks()
     assert m.awareness == 0
     m.on_suspect(Suspect("me", 0, "a"), 1.0)  # refuting says: we may be the slow one
     assert m.awareness == 1
+    assert m.take_outbox() == [(("10.0.0.9", 0), Alive("me", 1, ("10.0.0.1", 1)))]  # to the accuser, directly
     m.tick(m.next_probe_at)
     (addr, ping), *_ = m.take_outbox()
     started = m.next_probe_at - 2 * CONFIG.probe_interval  # the probe interval doubled
@@ -189,9 +198,32 @@ def test_reconnect_attempts_sleep_while_no_member_is_dead_and_start_when_one_die
     assert m.next_deadline() == m.next_probe_at
     m.on_dead(Dead("a", 1, "b"), 100.0)
     assert m.next_reconnect_at == 100.0 + CONFIG.reconnect_interval
-    target = m.reconnect_target(100.0 + CONFIG.reconnect_interval)
-    assert target is not None
-    assert target.name == "a"
+    assert [t.name for t in m.reconnect_targets(100.0 + CONFIG.reconnect_interval)] == ["a"]
+
+
+def test_a_buried_member_coming_back_sends_us_to_the_other_dead_at_once():
+    """A heal: the first dead member that answers again sets off HEAL_BURST reconnects right
+    away (not one a reconnect interval); once an interval, however many come back."""
+    names = [f"d{i}" for i in range(8)]
+    m = member_view(*names)
+    for name in names:
+        m.on_dead(Dead(name, 1, "x"), 100.0)
+    now = 100.0 + CONFIG.reconnect_interval
+    assert len(m.reconnect_targets(now)) == 1
+    now += 0.1
+    assert m.reconnect_targets(now) == []  # not due
+    m.on_alive(Alive("d0", 2, ("10.0.0.1", 0)), now)  # d0 refuted its death: a heal
+    assert m.next_reconnect_at == now  # due at once
+    tried = m.reconnect_targets(now)
+    assert len(tried) == HEAL_BURST
+    assert len({t.name for t in tried}) == HEAL_BURST
+    assert all(t.state == State.DEAD for t in tried)
+    m.on_alive(Alive("d1", 2, ("10.0.0.1", 0)), now + 0.01)  # more come back: no second burst yet
+    assert m.reconnect_targets(now + 0.01) == []
+    later = now + CONFIG.reconnect_interval
+    assert len(m.reconnect_targets(later)) == 1
+    m.on_alive(Alive("d2", 2, ("10.0.0.1", 0)), later)
+    assert len(m.reconnect_targets(later)) == HEAL_BURST
 
 
 def test_a_suspect_is_probed_within_two_probes_and_a_stale_accuser_is_told_better():
@@ -211,13 +243,36 @@ def test_a_suspect_is_probed_within_two_probes_and_a_stale_accuser_is_told_bette
     assert m.state_of("a") == State.ALIVE
 
 
+def test_suspects_are_told_so_every_probe_interval_however_poor_our_health():
+    """Probes stretched to 8 s by poor health come too seldom after a heal: suspects are told
+    directly every probe interval (a few at a time), and answer their accuser directly."""
+    m = member_view("a", "b", "c", "d", "e")
+    m.awareness = CONFIG.awareness_max - 1  # probes 8 probe intervals apart
+    for name in "abcd":
+        m.on_suspect(Suspect(name, 1, "e"), 10.0)
+    m.take_outbox()
+    m.next_probe_at = 10.0 + 8 * CONFIG.probe_interval  # as stretched: reminders only, below
+    told: list[str] = []
+    for k in range(1, 4):
+        assert m.next_deadline() == pytest.approx(10.0 + k * CONFIG.probe_interval)
+        m.tick(m.next_deadline())
+        told += [msg.node for _, msg in m.take_outbox() if isinstance(msg, Suspect)]
+    assert len(told) == 3 * REMINDED_SUSPECTS
+    assert set(told) == set("abcd")
+    # The suspect's side: told at an incarnation it refuted, it answers us directly.
+    a = Membership("a", ("10.0.0.9", 0), CONFIG, random.Random(2), now=0.0, incarnation=3)
+    a.on_alive(Alive("me", 1, ("10.0.0.1", 1)), 0.0)
+    a.on_suspect(Suspect("a", 1, "me"), 5.0)
+    assert (("10.0.0.1", 1), Alive("a", 3, ("10.0.0.9", 0))) in a.take_outbox()
+
+
 def test_a_member_that_left_is_forgotten_in_time_though_no_one_died():
     m = member_view("a", "b")
     m.on_leave(Leave("a", 1), 10.0)
     assert m.next_reconnect_at == 10.0 + CONFIG.reconnect_interval
-    assert m.reconnect_target(m.next_reconnect_at) is None  # no one dead: sleep till it is due
+    assert m.reconnect_targets(m.next_reconnect_at) == []  # no one dead: sleep till it is due
     assert m.next_reconnect_at == 10.0 + CONFIG.dead_retention
-    m.reconnect_target(m.next_reconnect_at + 1)
+    m.reconnect_targets(m.next_reconnect_at + 1)
     assert "a" in m.forgotten
 
 

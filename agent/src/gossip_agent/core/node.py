@@ -750,8 +750,13 @@ class Node:
         # brings it our refutation.
         for msg in m.take_broadcasts():
             self.cluster_queue.put(("member", getattr(msg, "node", "")), encode_message(msg))
+        # What goes to one peer goes in one datagram: a buddy Suspect with its Ping, a
+        # correction with an Ack.
+        by_peer: dict[Address, list[bytes]] = {}
         for addr, msg in m.take_outbox():
-            self._send_with_piggyback(addr, msg)
+            by_peer.setdefault(addr, []).append(encode_message(msg))
+        for addr, encoded in by_peer.items():
+            self._send_with_piggyback(addr, encoded)
         for addr, ping in m.take_stream_probes():
             self._open_stream("ping", addr, ping, now, ping.target, seq=ping.seq)
         for change in m.take_changes():
@@ -775,11 +780,22 @@ class Node:
                     state.returned.add(name)
                     self._start_sync(network, state, name, now, "return")
 
-    def _send_with_piggyback(self, addr: Address, msg: Message) -> None:
-        encoded = [encode_message(msg)]
-        space = self._space - len(encoded[0])
-        if len(self.cluster_queue):
-            encoded += self.cluster_queue.take(space, self.config.retransmit_limit(self.membership.alive_count))
+    def _send_with_piggyback(self, addr: Address, encoded: list[bytes]) -> None:
+        """Membership's messages to `addr`, and what of the cluster's news fits with them."""
+        while True:
+            size = 0
+            for count, item in enumerate(encoded):  # what fits one datagram (always the first)
+                if count and size + len(item) > self._space:
+                    break
+                size += len(item)
+            else:
+                break
+            self._emit(addr, encoded[:count])
+            encoded = encoded[count:]
+        if len(self.cluster_queue) and size < self._space:
+            limit = self.config.retransmit_limit(self.membership.alive_count)
+            news = self.cluster_queue.take(self._space - size, limit)
+            encoded += [item for item in news if item not in encoded]
         self._emit(addr, encoded)
 
     def _emit(self, addr: Address, encoded: list[bytes]) -> None:
@@ -1142,7 +1158,7 @@ class Node:
     def _tick_cluster(self, now: float) -> None:
         m = self.membership
         m.tick(now)
-        target = m.reconnect_target(now)
+        targets = m.reconnect_targets(now)
         if m.forgotten:
             gone = set(m.forgotten)
             m.forgotten.clear()
@@ -1150,7 +1166,7 @@ class Node:
                 del self.attachments[key]
                 self._detached_at.pop(key, None)
             self._forget_views()
-        if target is not None:
+        for target in targets:
             self._open_stream("push-pull", target.addr, self._push_pull(join=False), now, target.name)
         if now >= self.next_push_pull_at:
             self.next_push_pull_at = now + self.config.push_pull_interval
