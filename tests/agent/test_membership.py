@@ -64,7 +64,7 @@ def test_our_own_leave_from_a_former_life_is_refuted():
 def test_local_health_stretches_probing_when_we_look_slow_and_recovers_on_acks():
     m = member_view("a", "b", "c", "d")
     assert m.awareness == 0
-    m.on_suspect(Suspect("me", 0, "a"), 1.0)  # refuting says: we may be the slow one
+    m.on_suspect(Suspect("me", 0, "a"), 1.0, direct=True)  # refuting says: we may be the slow one
     assert m.awareness == 1
     assert m.take_outbox() == [(("10.0.0.9", 0), Alive("me", 1, ("10.0.0.1", 1)))]  # to the accuser, directly
     m.tick(m.next_probe_at)
@@ -262,8 +262,11 @@ def test_suspects_are_told_so_every_probe_interval_however_poor_our_health():
     # The suspect's side: told at an incarnation it refuted, it answers us directly.
     a = Membership("a", ("10.0.0.9", 0), CONFIG, random.Random(2), now=0.0, incarnation=3)
     a.on_alive(Alive("me", 1, ("10.0.0.1", 1)), 0.0)
-    a.on_suspect(Suspect("a", 1, "me"), 5.0)
+    a.on_suspect(Suspect("a", 1, "me"), 5.0, direct=True)
     assert (("10.0.0.1", 1), Alive("a", 3, ("10.0.0.9", 0))) in a.take_outbox()
+    # A relayed accusation (a datagram full of them may be forged) is not answered directly.
+    a.on_suspect(Suspect("a", 1, "me"), 7.0)
+    assert a.take_outbox() == []
 
 
 def test_a_member_that_left_is_forgotten_in_time_though_no_one_died():

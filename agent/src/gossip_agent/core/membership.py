@@ -281,7 +281,8 @@ class Membership:
         self._set_state(member, transition(member.state, Input.ALIVE), now)
         self._broadcasts.append(msg)
 
-    def on_suspect(self, msg: Suspect, now: float) -> None:
+    def on_suspect(self, msg: Suspect, now: float, direct: bool = False) -> None:
+        """`direct`: the accuser sent it itself (a reminder, a buddy Suspect), not a relay."""
         if not self._plausible(msg.node, msg.incarnation):
             return
         if msg.node == self.name:
@@ -294,9 +295,12 @@ class Membership:
                 # and would wait out its whole suspicion (up to a minute, unconfirmed). Say it
                 # again; the answer to its probe carries it (the queue keeps one per member).
                 self._broadcasts.append(Alive(self.name, self.incarnation, self.addr))
-            # And to the accuser itself, directly (once a probe interval): its reminders
-            # (`_remind_suspects`) are not probes, and no answer of ours would carry it there.
-            self._correct_accuser(msg.by, self.members[self.name], now)
+            if direct:
+                # And to the accuser itself (once a probe interval): its reminders
+                # (`_remind_suspects`) are not probes, and no answer of ours would carry it
+                # there. Not for relayed accusations: a datagram of forged ones would have us
+                # send as many.
+                self._correct_accuser(msg.by, self.members[self.name], now)
             return
         member = self.members.get(msg.node)
         if member is None:

@@ -572,7 +572,7 @@ class Node:
         elif isinstance(msg, Alive):
             m.on_alive(msg, now)
         elif isinstance(msg, Suspect):
-            m.on_suspect(msg, now)
+            m.on_suspect(msg, now, direct=msg.by == sender)
         elif isinstance(msg, Dead):
             m.on_dead(msg, now)
         elif isinstance(msg, Leave):
@@ -781,22 +781,20 @@ class Node:
                     self._start_sync(network, state, name, now, "return")
 
     def _send_with_piggyback(self, addr: Address, encoded: list[bytes]) -> None:
-        """Membership's messages to `addr`, and what of the cluster's news fits with them."""
-        while True:
-            size = 0
-            for count, item in enumerate(encoded):  # what fits one datagram (always the first)
-                if count and size + len(item) > self._space:
-                    break
-                size += len(item)
-            else:
-                break
-            self._emit(addr, encoded[:count])
-            encoded = encoded[count:]
+        """Membership's messages to `addr`, packed greedily into datagrams, the cluster's news in
+        what room the last one has left."""
+        batch: list[bytes] = []
+        size = 0
+        for item in encoded:
+            if batch and size + len(item) > self._space:
+                self._emit(addr, batch)
+                batch, size = [], 0
+            batch.append(item)
+            size += len(item)
         if len(self.cluster_queue) and size < self._space:
             limit = self.config.retransmit_limit(self.membership.alive_count)
-            news = self.cluster_queue.take(self._space - size, limit)
-            encoded += [item for item in news if item not in encoded]
-        self._emit(addr, encoded)
+            batch += [news for news in self.cluster_queue.take(self._space - size, limit) if news not in batch]
+        self._emit(addr, batch)
 
     def _emit(self, addr: Address, encoded: list[bytes]) -> None:
         data = assemble_datagram(self._header, encoded)

@@ -193,7 +193,7 @@ class Api:
                 if self.agent.writes != writes and self.agent.pending_commit is not None:
                     try:
                         await asyncio.shield(self.agent.pending_commit)  # shared by the whole group
-                    except sqlite3.Error as exc:
+                    except Exception as exc:  # noqa: BLE001 - sqlite3.Error above all: the writer must hear
                         # Applied and spreading; only its durability is in doubt (retried).
                         message = f"journal write failed: {exc}; the write is applied but not yet durable"
                         status, body, ctype = 500, _error(message), "application/json"
@@ -305,6 +305,8 @@ class Api:
             raise ApiError(409 if "not attached" not in str(exc) else 404, str(exc)) from None
         except KeyringError as exc:
             raise ApiError(400, str(exc)) from None
+        except sqlite3.Error as exc:  # attach, detach: nothing was changed
+            raise ApiError(500, f"journal write failed: {exc}") from None
         if isinstance(result, Status):
             return result.status, json.dumps(result.body).encode(), "application/json"
         return 200, json.dumps(result).encode(), "application/json"

@@ -74,7 +74,8 @@ class Agent:
         self._saved_incarnation = self.node.membership.incarnation
         self.writes = 0  # write requests taken, so that only their answers wait for the commit
         self.pending_commit: asyncio.Future[None] | None = None  # the group commit writes wait for
-        self._unjournaled: list[TableEvent] = []  # own writes a failed journal write left to retry
+        # Own writes a failed journal write left to retry, the latest per key.
+        self._unjournaled: dict[tuple[str, str, str], TableEvent] = {}
         self._journal_backoff = 0.0
         self._journal_retry_at = 0.0
         self.journal.set_meta("incarnation", self._saved_incarnation)  # the next life starts above it
@@ -152,16 +153,21 @@ class Agent:
                 self._timer_at = max(deadline, self.now())
                 self._timer = self.loop.call_at(self._timer_at, self._tick)
 
-    def _write_journal(self) -> None:
+    def _write_journal(self, force: bool = False) -> None:
         """What must be durable before this pump's messages leave: the Lamport lease, own writes,
         the incarnation. A failure is not fatal: the node goes on (the pump must still flush and
         re-arm its timer), the writes are retried at a later pump (backing off while the journal
-        keeps failing), and the writers waiting on this commit are told theirs are not durable."""
+        keeps failing; a last time at leave), and the writers waiting on this commit are told
+        theirs are not durable. Messages still go out meanwhile, though the lease and the
+        incarnation are not durable either: a node that falls silent when its disk fills is
+        declared dead, and a restart starts above the wall clock in microseconds anyway."""
         node = self.node
         commit, self.pending_commit = self.pending_commit, None
         # Every own write, the core's re-assertions too; not a left network's tombstones.
-        self._unjournaled = [e for e in [*self._unjournaled, *node.take_own_writes()] if e.network in node.networks]
-        if commit is None and self.now() < self._journal_retry_at:
+        for event in node.take_own_writes():
+            if event.network in node.networks:
+                self._unjournaled[event.network, event.table, event.key] = event
+        if commit is None and not force and self.now() < self._journal_retry_at:
             return  # each try may block the loop for the lock's timeout: back off, unless a writer waits
         try:
             if node.clock.time >= self._lamport_lease:
@@ -171,21 +177,21 @@ class Agent:
                 lease = node.clock.time + LAMPORT_LEASE
                 self.journal.lease_lamport(lease)
                 self._lamport_lease = lease
-            self.journal.record(self._unjournaled)
-            self._unjournaled = []
+            self.journal.record(self._unjournaled.values())
+            self._unjournaled = {}
             if node.membership.incarnation != self._saved_incarnation:
                 self.journal.set_meta("incarnation", node.membership.incarnation)
                 self._saved_incarnation = node.membership.incarnation
-        except sqlite3.Error as exc:
+        except Exception as exc:  # noqa: BLE001 - sqlite3.Error, or anything: the writers must hear
             log.error("journal write failed (%d writes wait to be retried): %s", len(self._unjournaled), exc)
             node.count("journal_errors")
             self._journal_backoff = min(JOURNAL_BACKOFF_MAX, 2 * self._journal_backoff or 1.0)
             self._journal_retry_at = self.now() + self._journal_backoff
-            if commit is not None:
+            if commit is not None and not commit.done():
                 commit.set_exception(exc)
             return
-        self._journal_backoff = 0.0
-        if commit is not None:
+        self._journal_backoff, self._journal_retry_at = 0.0, 0.0
+        if commit is not None and not commit.done():
             commit.set_result(None)
             node.count("journal_group_commits")
 
@@ -208,15 +214,20 @@ class Agent:
             for name, given, value in (("vxlan_id", vxlan_id, held.vxlan_id), ("subnet", subnet, held.subnet)):
                 if given is not None and given != value:
                     raise LocalProtocolError(f"network {network!r} is attached with {name} {value}: detach it first")
+            self.journal.attached(network, vxlan_id, subnet)
         else:
+            self.journal.attached(network, vxlan_id, subnet)  # first: if it fails, nothing changed
             self.node.attach(network, self.now())
             self._program(self._params(NetworkConfig(network, vxlan_id, subnet)))
-        self.journal.attached(network, vxlan_id, subnet)
         self._pump()
 
     def detach(self, network: str) -> None:
-        self.node.detach(network, self.now(), self.wall_ms())
+        self.node.require_network(network)
+        # The journal first: if it fails, nothing changed (its entries would come back at the
+        # next start, re-announced, were the node to leave the network without it).
         self.journal.detached(network)
+        self._unjournaled = {k: e for k, e in self._unjournaled.items() if k[0] != network}
+        self.node.detach(network, self.now(), self.wall_ms())
         self.network_params.pop(network, None)
         self.dataplane.detach(network)  # the node drops the table whole: no change says so
         self._pump()
@@ -264,13 +275,19 @@ class Agent:
     def delete(self, network: str, items: Iterable[tuple[str, str]]) -> int:
         state = self.node.require_network(network)
         keys = list(items)
-        missing = [f"{t}/{k}" for t, k in keys if (e := state.table.get(t, k)) is None or not e.visible]
+        # A delete answered 500 (applied, not yet durable) may be sent again: it then waits for
+        # the journal like a new one.
+        shown = {(t, k) for t, k in keys if (e := state.table.get(t, k)) is not None and e.visible}
+        waiting = {(t, k) for t, k in keys if (network, t, k) in self._unjournaled} - shown
+        missing = [f"{t}/{k}" for t, k in keys if (t, k) not in shown | waiting]
         if missing:
             raise LocalProtocolError(f"no entry {missing[0]} in network {network!r} ({len(missing)} missing)")
         now, wall = self.now(), self.wall_ms()
-        events = [self.node.delete(network, table, key, now, wall) for table, key in keys]
+        for table, key in keys:
+            if (table, key) in shown:
+                self.node.delete(network, table, key, now, wall)
         self._commit_soon()
-        return len(events)
+        return len(keys)
 
     def _commit_soon(self) -> None:
         """Group commit: the writes of every request answered in this loop turn go to the journal
@@ -353,4 +370,5 @@ class Agent:
             task.cancel()
         await self.transport.close()
         self.dataplane.stop()
+        self._write_journal(force=True)  # a last try for writes a failing journal left waiting
         self.journal.close()

@@ -25,6 +25,8 @@ CREATE TABLE IF NOT EXISTS entries (
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS networks (name TEXT PRIMARY KEY);
 """
+LOCK_WAIT = 0.1  # seconds a write waits for another writer's lock on the journal
+
 # Schema changes, applied in order to a journal at user_version i (new journals go through all:
 # one path for old and new). Only append.
 MIGRATIONS = [
@@ -37,8 +39,8 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.owner = owner
         # A writer locked out (someone else holds the journal's lock) blocks the event loop while
-        # it waits: one second, not sqlite's five, then the write fails and is retried.
-        self.db = sqlite3.connect(path, isolation_level=None, timeout=1.0)
+        # it waits: 0.1 s, not sqlite's 5 s, then the write fails and is retried later.
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=LOCK_WAIT)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process crash
         self.db.executescript(SCHEMA)
@@ -70,10 +72,11 @@ class Journal:
         self.db.execute("BEGIN")
         try:
             yield
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            if self.db.in_transaction:  # a failed COMMIT may or may not have rolled back
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
 
     def attached(self, network: str, vxlan_id: int | None = None, subnet: str | None = None) -> None:
         """Networks attached through the API are re-attached after a restart, like the config's,

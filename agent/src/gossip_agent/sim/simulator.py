@@ -331,7 +331,7 @@ class Simulator:
                         m.members[other] = Member(other, self.addresses[other], 0, State.ALIVE, 0.0)
                 m.alive_count = len(names)
                 node.attachments = dict(records)
-                node._peers_cache.clear()
+                node._forget_views()
             node.cluster_queue.clear()
             node.take_datagrams()
             node.take_streams()
