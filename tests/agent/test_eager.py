@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from gossip_agent.core.config import local
-from gossip_agent.core.node import Node
+from gossip_agent.core.node import MISMATCH_HOT_LIMIT, Node
 from gossip_agent.core.wire import NetworkDigest, TableEvent, encode_datagram
 
 from .test_node import Wire
@@ -162,3 +162,23 @@ def test_a_sync_still_brings_what_the_tree_lost():
     wire.deliver()
     assert len(wire.keys("a", "blue")) == 40
     assert b.stats.get("sync_entries_out", 0) == 10
+
+
+def test_a_difference_syncs_cannot_mend_stops_keeping_the_network_hot():
+    """A tombstone reaped here and held there: syncs cannot mend it, and it must not keep us
+    gossiping digests (and so everyone syncing) for ever: at most MISMATCH_HOT_LIMIT."""
+    wire = Wire(["a", "b"])
+    wire.form({"blue": ["a", "b"]})
+    node = wire.nodes["a"]
+    state = node.networks["blue"]
+    other = NetworkDigest("blue", 12345, state.table.count)
+    now = wire.now
+    syncs = 0
+    while now < wire.now + MISMATCH_HOT_LIMIT + 10:
+        now += node.config.gossip_interval
+        node.handle_datagram(wire.nodes["b"].addr, encode_datagram("b", [other]), now)
+        for request in node.take_streams():  # answered, mending nothing
+            syncs += 1
+            node.on_stream_reply(request.id, None, now)
+    assert syncs >= 2
+    assert state.hot_until < now, "an unmendable difference kept the network hot past the limit"

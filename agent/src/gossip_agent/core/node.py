@@ -706,7 +706,10 @@ class Node:
         lasting = now - state.mismatch_since >= LOUD_MISMATCH_ROUNDS * self.config.gossip_interval
         due = (quiet and (behind or state.mismatch_rounds >= self.config.digest_mismatch_rounds)) or lasting
         if due and state.syncing is None:
-            state.mismatch_rounds, state.mismatch_since = 0, None
+            # The difference's age (mismatch_since) is not reset by a sync: one that syncs cannot
+            # mend would otherwise keep every member hot, and syncing, for ever (seen on a lab:
+            # tombstones reaped by some and held by agents restarted since).
+            state.mismatch_rounds = 0
             self._start_sync(msg.network, state, sender, now, "digest")
 
     def _on_attachment(self, msg: NodeNetwork, now: float) -> None:
