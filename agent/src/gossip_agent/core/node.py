@@ -126,6 +126,7 @@ class _NetworkState:
     fresh_at: float = -1e9  # when a version new to us last arrived or was written
     mismatch_rounds: int = 0  # digests that differed from ours while quiet, since one agreed
     mismatch_since: float | None = None  # since when digests differ from ours
+    digest_sync_at: float = -math.inf  # when a differing digest last started a sync
     syncing: int | None = None  # id of the stream of a sync in flight
     needs_join_sync: bool = True
     # Until one sync of this network has completed in this life, we report watermark 0 for our own
@@ -703,13 +704,14 @@ class Node:
             state.hot_until = max(state.hot_until, now + HOT_ROUNDS * self.config.gossip_interval)
         state.mismatch_rounds += quiet
         behind = msg.count > table.count + self.config.digest_pull_threshold
-        lasting = now - state.mismatch_since >= LOUD_MISMATCH_ROUNDS * self.config.gossip_interval
+        loud_since = max(state.mismatch_since, state.digest_sync_at)  # news in flight: a sync at most this often
+        lasting = now - loud_since >= LOUD_MISMATCH_ROUNDS * self.config.gossip_interval
         due = (quiet and (behind or state.mismatch_rounds >= self.config.digest_mismatch_rounds)) or lasting
         if due and state.syncing is None:
             # The difference's age (mismatch_since) is not reset by a sync: one that syncs cannot
             # mend would otherwise keep every member hot, and syncing, for ever (seen on a lab:
             # tombstones reaped by some and held by agents restarted since).
-            state.mismatch_rounds = 0
+            state.mismatch_rounds, state.digest_sync_at = 0, now
             self._start_sync(msg.network, state, sender, now, "digest")
 
     def _on_attachment(self, msg: NodeNetwork, now: float) -> None:
