@@ -17,7 +17,7 @@ from gossip_agent.core.membership import (
     State,
     transition,
 )
-from gossip_agent.core.wire import Ack, Alive, Dead, IndirectPing, Leave, Ping, Suspect
+from gossip_agent.core.wire import Ack, Alive, Dead, IndirectPing, Leave, MemberState, Ping, Suspect
 
 CONFIG = Config()
 
@@ -267,6 +267,18 @@ def test_suspects_are_told_so_every_probe_interval_however_poor_our_health():
     # A relayed accusation (a datagram full of them may be forged) is not answered directly.
     a.on_suspect(Suspect("a", 1, "me"), 7.0)
     assert a.take_outbox() == []
+
+
+def test_a_member_dead_in_a_peers_view_and_unknown_to_us_is_tried_as_our_own_dead():
+    """Joined while it was cut off: we learn it as dead from a push-pull and try it, instead of
+    waiting for an Alive in gossip that a lost datagram keeps from us for a push-pull interval."""
+    m = member_view("a")
+    m.merge_remote((MemberState("z", ("10.0.0.7", 1), 4, int(State.DEAD)),), 10.0)
+    assert m.state_of("z") == State.DEAD
+    assert m.alive_count == 2  # us and "a"
+    assert [t.name for t in m.reconnect_targets(10.0 + CONFIG.reconnect_interval)] == ["z"]
+    m.on_alive(Alive("z", 5, ("10.0.0.7", 1)), 12.0)  # its refutation, once it hears of us
+    assert m.state_of("z") == State.ALIVE
 
 
 def test_a_member_that_left_is_forgotten_in_time_though_no_one_died():

@@ -401,9 +401,23 @@ class Membership:
                 self.on_leave(Leave(s.node, s.incarnation), now)
             else:
                 if s.node not in self.members and s.node != self.name:
+                    self._learn_dead(s, now)
                     continue
                 # Named as a remote accuser of its own, cut to fit the wire's name limit.
                 self.on_suspect(Suspect(s.node, s.incarnation, f"push-pull:{s.node}"[:MAX_NAME]), now)
+
+    def _learn_dead(self, s: MemberState, now: float) -> None:
+        """A member we never heard of, suspect or dead in a peer's view: we joined while it was
+        cut off, say. Known as dead, it is tried like our own dead (`reconnect_targets`), and
+        an answer revives it here; unknown, it was learnt only from its Alive in gossip, which
+        a lost datagram could keep from us until the next push-pull, 30 s on (heal bench seed
+        19: 22 s after the heal). memberlist ignores such states; it has the same gap."""
+        if len(self.members) >= MAX_MEMBERS:
+            self.refused_members += 1
+            return
+        self.members[s.node] = Member(s.node, s.addr, s.incarnation, State.DEAD, now)
+        self.changes.append(MemberChange(s.node, None, State.DEAD, now))
+        self.next_reconnect_at = min(self.next_reconnect_at, now + self.config.reconnect_interval)
 
     def leave(self, now: float) -> Leave:
         """Announce a graceful leave; the returned message must be broadcast before exit."""
