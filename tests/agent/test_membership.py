@@ -277,8 +277,11 @@ def test_a_member_dead_in_a_peers_view_and_unknown_to_us_is_tried_as_our_own_dea
     assert m.state_of("z") == State.DEAD
     assert m.alive_count == 2  # us and "a"
     assert [t.name for t in m.reconnect_targets(10.0 + CONFIG.reconnect_interval)] == ["z"]
+    # Not passed on: members forgotten at different times would teach each other back for ever.
+    assert "z" not in {s.node for s in m.snapshot()}
     m.on_alive(Alive("z", 5, ("10.0.0.7", 1)), 12.0)  # its refutation, once it hears of us
     assert m.state_of("z") == State.ALIVE
+    assert "z" in {s.node for s in m.snapshot()}
 
 
 def test_a_member_that_left_is_forgotten_in_time_though_no_one_died():

@@ -94,6 +94,9 @@ class Member:
     incarnation: int
     state: State
     since: float  # time of the last state change
+    # Dead by hearsay (`_learn_dead`): not passed on in our push-pulls, or members forgotten at
+    # different times would be taught back to each other, and a dead one never forgotten.
+    hearsay: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +198,11 @@ class Membership:
         return (m for m in self.members.values() if m.state in LIVE and m.name != self.name)
 
     def snapshot(self) -> list[MemberState]:
-        return [MemberState(m.name, m.addr, m.incarnation, int(m.state)) for m in self.members.values()]
+        return [
+            MemberState(m.name, m.addr, m.incarnation, int(m.state))
+            for m in self.members.values()
+            if not (m.hearsay and m.state == State.DEAD)
+        ]
 
     def _scaled(self, seconds: float) -> float:
         return seconds * (1 + self.awareness)
@@ -225,6 +232,7 @@ class Membership:
             return
         member.state = new
         member.since = now
+        member.hearsay = False  # a state of our own seeing now
         if old in LIVE and new not in LIVE:
             self.alive_count -= 1
         elif old not in LIVE and new in LIVE:
@@ -415,7 +423,7 @@ class Membership:
         if len(self.members) >= MAX_MEMBERS:
             self.refused_members += 1
             return
-        self.members[s.node] = Member(s.node, s.addr, s.incarnation, State.DEAD, now)
+        self.members[s.node] = Member(s.node, s.addr, s.incarnation, State.DEAD, now, hearsay=True)
         self.changes.append(MemberChange(s.node, None, State.DEAD, now))
         self.next_reconnect_at = min(self.next_reconnect_at, now + self.config.reconnect_interval)
 
