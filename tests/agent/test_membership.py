@@ -279,9 +279,12 @@ def test_a_member_dead_in_a_peers_view_and_unknown_to_us_is_tried_as_our_own_dea
     assert [t.name for t in m.reconnect_targets(10.0 + CONFIG.reconnect_interval)] == ["z"]
     # Not passed on: members forgotten at different times would teach each other back for ever.
     assert "z" not in {s.node for s in m.snapshot()}
-    m.on_alive(Alive("z", 5, ("10.0.0.7", 1)), 12.0)  # its refutation, once it hears of us
+    m.on_alive(Alive("z", 4, ("10.0.0.7", 1)), 12.0)  # its own word at that incarnation: it never refuted
     assert m.state_of("z") == State.ALIVE
     assert "z" in {s.node for s in m.snapshot()}
+    # An implausible incarnation (a forged push-pull) is not learnt.
+    m.merge_remote((MemberState("y", ("10.0.0.8", 1), 2**62, int(State.DEAD)),), 13.0)
+    assert m.state_of("y") is None
 
 
 def test_a_member_that_left_is_forgotten_in_time_though_no_one_died():

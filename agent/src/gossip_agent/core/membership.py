@@ -282,8 +282,8 @@ class Membership:
             self._probe_order.insert(self.rng.randint(0, len(self._probe_order)), msg.node)
             self._broadcasts.append(msg)
             return
-        if msg.incarnation <= member.incarnation:
-            return
+        if msg.incarnation < member.incarnation or (msg.incarnation == member.incarnation and not member.hearsay):
+            return  # (dead by hearsay: its own word at that incarnation is news, it never refuted)
         member.incarnation = msg.incarnation
         member.addr = msg.addr
         self._set_state(member, transition(member.state, Input.ALIVE), now)
@@ -420,6 +420,8 @@ class Membership:
         an answer revives it here; unknown, it was learnt only from its Alive in gossip, which
         a lost datagram could keep from us until the next push-pull, 30 s on (heal bench seed
         19: 22 s after the heal). memberlist ignores such states; it has the same gap."""
+        if not self._plausible(s.node, s.incarnation):
+            return
         if len(self.members) >= MAX_MEMBERS:
             self.refused_members += 1
             return
