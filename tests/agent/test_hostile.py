@@ -110,6 +110,17 @@ def test_a_rumour_replayed_after_the_tombstone_was_reaped_is_refused(trio):
     assert a.stats["dropped_reaped"] == 1
 
 
+def test_an_owner_does_not_take_back_its_tombstone_once_reaped(trio):
+    c = trio.nodes["c"]
+    c.delete("net", "ep", "c2", trio.now, 0)
+    trio.run(1.0)
+    tombstone = c.networks["net"].table.get("ep", "c2").event
+    assert c.networks["net"].table.reap(trio.now + 10**6, 1.0) >= 1
+    send(trio, "c", "b", tombstone)  # from a member that took it later, say
+    assert c.networks["net"].table.get("ep", "c2") is None
+    assert c.stats["dropped_reaped"] == 1
+
+
 def test_two_values_at_one_version_have_different_digests_and_one_winner():
     one, two = NetworkTable("net"), NetworkTable("net")
     first = TableEvent("net", "ep", "k", b"one", "o", 7, 0, False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import msgpack
 import pytest
@@ -130,6 +131,43 @@ def test_a_node_joining_a_network_gets_its_table_in_one_sync(overlap):
     overlap.deliver()  # no time passes: the join sync alone brings the table
     assert overlap.keys("w1", "right") == {f"r{i}" for i in range(500)}
     assert w1.stats["syncs_join"] == joins_before + 1
+
+
+def test_a_tombstone_a_late_joiner_took_is_reaped_with_everyone_elses():
+    """The joiner's copy arrives 27 s after the delete. Counted from its arrival, it would outlive
+    the others' by as much, and their digests would differ with no sync able to mend them (a lab
+    of restarted agents synced for minutes this way)."""
+    wire = Wire(["a", "b"])
+    wire.form({"blue": ["a", "b"]})
+    config = replace(local(), tombstone_ttl=20.0)  # reap passes at wall seconds 20, 40, 60...
+    for node in wire.nodes.values():
+        node.config = config
+        node.next_reap_at = 20.0
+    wire.nodes["a"].write("blue", "ep", "k", b"x", wire.now, int(wire.now * 1000))
+    wire.run(1.0)
+    wire.nodes["a"].delete("blue", "ep", "k", wire.now, int(wire.now * 1000))  # at about 3 s
+    wire.run(27.0)
+    joiner = Node("c", ("198.18.0.3", 7946), config, random.Random(3), wire.now, wall_us=int(wire.now * 1e6))
+    wire.nodes["c"], wire.addresses["c"], wire.by_address["198.18.0.3"] = joiner, joiner.addr, "c"
+    joiner.attach("blue", wire.now)
+    joiner.join([wire.addresses["a"]], wire.now)
+    wire.run(1.0)
+    assert joiner.networks["blue"].table.get("ep", "k").event.deleted
+    wire.run(15.0)  # past the pass at 40 s, before the one at 60
+    tables = [node.networks["blue"].table for node in wire.nodes.values()]
+    assert [t.get("ep", "k") for t in tables] == [None, None, None]
+    assert len({t.digest for t in tables}) == 1
+
+
+def test_a_restored_tombstone_keeps_the_time_of_its_delete():
+    node = Node("a", ("198.18.0.1", 7946), local(), random.Random(1), 0.0)
+    node.attach("blue", 0.0)
+    gone = TableEvent("blue", "ep", "k", b"", "a", 5, 1_000, True)
+    live = TableEvent("blue", "ep", "j", b"x", "a", 4, 1_000, False)
+    written = {e.key: e for e in node.restore([gone, live], 1.0, 90_000)}
+    assert written["k"].wall_ms == 1_000
+    assert written["k"].lamport > 5
+    assert written["j"].wall_ms == 90_000
 
 
 def test_detach_withdraws_own_entries_everywhere(overlap):

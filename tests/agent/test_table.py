@@ -44,6 +44,26 @@ def test_tombstone_blocks_a_stale_create_until_reaped():
     assert t.reaped == {"a": 6}
 
 
+def test_a_tombstone_taken_late_is_reaped_by_its_delete_time_a_withdrawal_by_ours():
+    t = NetworkTable("net")
+    late = TableEvent("net", "t", "k", b"", "a", 6, 1_000, True)  # deleted at wall second 1
+    t.apply(late, 25)  # taken 24 s later here
+    t.apply(ev("w", "b", 3), 0)
+    t.withdraw_owner("b", 25)
+    assert t.reap(now=30, ttl=30, wall_ms=30_000) == 0
+    assert t.reap(now=30, ttl=30, wall_ms=31_000) == 1  # 30 s after the delete, not after arrival
+    assert t.reaped == {"a": 6}
+    assert t.reap(now=54, ttl=30, wall_ms=1_000_000) == 0  # withdrawn at 25: ours to time
+    assert t.reap(now=55, ttl=30, wall_ms=1_000_000) == 1
+
+
+def test_a_tombstone_stamped_in_the_future_is_still_reaped_a_ttl_after_arrival():
+    t = NetworkTable("net")
+    t.apply(TableEvent("net", "t", "k", b"", "a", 6, 10**12, True), 0)  # a clock far ahead
+    assert t.reap(now=29, ttl=30, wall_ms=0) == 0
+    assert t.reap(now=30, ttl=30, wall_ms=0) == 1
+
+
 def test_merge_is_commutative_and_idempotent():
     events = [ev("k1", "a", 1), ev("k1", "b", 3), ev("k2", "a", 2), ev("k1", "a", 3, deleted=True), ev("k2", "b", 2)]
     a, b = NetworkTable("net"), NetworkTable("net")

@@ -195,7 +195,7 @@ class Node:
         self._space = config.packet_size - len(self._header) - 3
         self.next_gossip_at = now + rng.random() * config.gossip_interval
         self.next_push_pull_at = now + config.push_pull_interval * (0.5 + rng.random())
-        self.next_reap_at = now + min(60.0, config.tombstone_ttl)
+        self.next_reap_at = self._next_reap(now)
         self._datagrams: list[tuple[Address, bytes]] = []
         # Fresh events waiting up to `eager_delay` to be pushed down the eager tree, per
         # destination: [bytes queued, encoded events]; and when the oldest of them is due.
@@ -343,7 +343,10 @@ class Node:
             self.clock.witness(event.lamport)
             if event.network not in self.networks:
                 self.attach(event.network, now)
-            written.append(self._write(event.network, event.table, event.key, event.value, event.deleted, now, wall_ms))
+            # A tombstone keeps the time of its delete: reaped when the first one would have been,
+            # not a `tombstone_ttl` after each restart.
+            wall = event.wall_ms if event.deleted else wall_ms
+            written.append(self._write(event.network, event.table, event.key, event.value, event.deleted, now, wall))
         return written
 
     def attach(self, network: str, now: float) -> None:
@@ -581,6 +584,17 @@ class Node:
         elif isinstance(msg, NodeNetwork):
             self._on_attachment(msg, now)
 
+    def _wall_ms(self, now: float) -> int:
+        """Wall-clock milliseconds at `now`, from where our clocks were read together at start."""
+        return int(self._clock_start / 1000 + (now - self._started_at) * 1000)
+
+    def _next_reap(self, now: float) -> float:
+        """The next reap, at a multiple of the period in wall time: members whose clocks agree reap
+        a tombstone in the same pass, so their digests do not differ between their passes."""
+        period = min(60.0, self.config.tombstone_ttl)
+        wait = period - (self._clock_start / 1e6 + now - self._started_at) % period
+        return now + (wait if wait > 0.001 else wait + period)  # float residues: never a pass per 1e-9 s
+
     def _clock_ceiling(self, now: float) -> float:
         # Anchored at wall time, not at our clock: a clock a forger pushed up and a restart
         # brought back from the journal must not raise the ceiling a window more each time.
@@ -610,7 +624,11 @@ class Node:
         if held is not None and state.table.newer_or_same(held.event, event):
             return
         if event.deleted and (held is None or held.event.owner != self.name):
-            if held is None:
+            if held is None and state.table.reaped_since(event):
+                # One we reaped, handed back by a member that took it later: taken back, it
+                # would live here a time to live more (`NetworkTable.reap` no longer lets it).
+                self.count("dropped_reaped")
+            elif held is None:
                 self.clock.witness(event.lamport)
                 state.table.apply(event, now)
                 # Ours now: our mark covers it, so peers' marks rise past it and no sync sends it
@@ -1147,14 +1165,15 @@ class Node:
                 del self._pending[sid]
                 self._finish_stream(sid, pending, None, now)
         if now >= self.next_reap_at:
-            self.next_reap_at = now + min(60.0, self.config.tombstone_ttl)
+            self.next_reap_at = self._next_reap(now)
+            wall_ms = self._wall_ms(now)
             for state in self.networks.values():
-                self.count("reaped", state.table.reap(now, self.config.tombstone_ttl))
+                self.count("reaped", state.table.reap(now, self.config.tombstone_ttl, wall_ms))
             for key in [k for k, at in self._detached_at.items() if now - at >= self.config.tombstone_ttl]:
                 del self._detached_at[key]
                 del self.attachments[key]
             for network, table in list(self._left_tables.items()):
-                table.reap(now, self.config.tombstone_ttl)
+                table.reap(now, self.config.tombstone_ttl, wall_ms)
                 if not table.entries:
                     del self._left_tables[network]
 

@@ -199,12 +199,23 @@ class NetworkTable:
             self.withdraw_owner(other, now)
         self.watermarks = {o: m for o, m in self.watermarks.items() if o == owner}
 
-    def reap(self, now: float, ttl: float) -> int:
-        """Forget tombstones and withdrawn entries older than `ttl`; returns how many."""
+    def reap(self, now: float, ttl: float, wall_ms: int | None = None) -> int:
+        """Forget tombstones and withdrawn entries older than `ttl`; returns how many.
+
+        A tombstone's age is also counted from when its owner deleted (its `wall_ms`, against ours,
+        `wall_ms`), so every holder reaps it at about the same time: one that took it late (by a
+        sync after a restart) would otherwise hold it up to a `ttl` longer than the others, and
+        digests would differ all that while with no sync able to mend them. A withdrawal is ours
+        alone and counts from when we withdrew."""
+        ttl_ms = ttl * 1000
         expired = [
             (key, entry)
             for key, entry in self.entries.items()
-            if (entry.event.deleted or entry.withdrawn) and now - entry.seen_at >= ttl
+            if (entry.event.deleted or entry.withdrawn)
+            and (
+                now - entry.seen_at >= ttl
+                or (wall_ms is not None and not entry.withdrawn and wall_ms - entry.event.wall_ms >= ttl_ms)
+            )
         ]
         for key, entry in expired:
             self._unlink(key, entry)

@@ -100,6 +100,7 @@ class Observer:
     """
 
     truth: GroundTruth
+    clock_skew: dict[str, float] = field(default_factory=dict)  # a writer's wall clock ahead of virtual time
     latencies: list[float] = field(default_factory=list)
     last_change: dict[tuple[str, str], float] = field(default_factory=dict)  # (node, network) -> time
     violations: list[Violation] = field(default_factory=list)
@@ -140,7 +141,7 @@ class Observer:
             self.violate("unwritten-value", change.at, node, entry=list(entry), owner=event.owner, value=shown)
             return
         if event.owner != node:  # the writer's own copy has no delivery latency
-            self.latencies.append(change.at - event.wall_ms / 1000)
+            self.latencies.append(change.at - event.wall_ms / 1000 + self.clock_skew.get(event.owner, 0.0))
         shown = self._shown.get((node, entry), 0)
         if order < shown:
             self.violate("stale-update", change.at, node, entry=list(entry), owner=event.owner,

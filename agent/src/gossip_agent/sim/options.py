@@ -89,6 +89,9 @@ class SimOptions:
     membership: str = "swim"  # swim | static (shared fixed view: cheap, for 10,000-node runs)
     latency_min: float = 0.0005  # one-way datagram latency, uniform in [min, max] seconds
     latency_max: float = 0.002
+    # node -> seconds its wall clock is ahead of virtual time (which starts at 0: a wall clock is
+    # never negative); it stamps deletes and times reaping
+    clock_skew: dict[str, float] = field(default_factory=dict)
     loss: float = 0.0  # probability a datagram is dropped
     duplicate: float = 0.0  # probability a datagram arrives twice
     bandwidth: float = 125_000_000.0  # bytes per second of a stream (1 Gbit/s)
@@ -111,6 +114,10 @@ class SimOptions:
         if not 0 <= self.latency_min <= self.latency_max:
             raise OptionError("latency must satisfy 0 <= min <= max")
         names = set(self.node_names())
+        if set(self.clock_skew) - names:
+            raise OptionError(f"clock skew names unknown nodes: {', '.join(sorted(set(self.clock_skew) - names))}")
+        if any(skew < 0 for skew in self.clock_skew.values()):
+            raise OptionError("clock skew must be >= 0 (seconds a node's clock is ahead)")
         for network, members in self.networks.items():
             unknown = set(members) - names
             if unknown:

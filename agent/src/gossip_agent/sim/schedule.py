@@ -88,6 +88,7 @@ class Schedule:
     steps: tuple[Step, ...]
     quiet_at: float  # every fault healed, every node running, no more operations
     latency: tuple[float, float] = (0.0005, 0.002)
+    clock_skew: dict[str, float] = field(default_factory=dict)  # node -> seconds its clock is ahead
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,6 +99,7 @@ class Schedule:
             "overrides": dict(self.overrides),
             "quiet_at": self.quiet_at,
             "latency": list(self.latency),
+            "clock_skew": dict(self.clock_skew),
             "steps": [s.to_dict() for s in self.steps],
         }
 
@@ -113,6 +115,7 @@ class Schedule:
                 steps=tuple(Step.from_dict(s) for s in data["steps"]),
                 quiet_at=float(data["quiet_at"]),
                 latency=tuple(float(x) for x in data.get("latency", (0.0005, 0.002)))[:2],  # type: ignore[arg-type]
+                clock_skew={k: float(v) for k, v in data.get("clock_skew", {}).items()},
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ValueError(f"not a schedule: {exc}") from None
@@ -278,4 +281,7 @@ def generate(seed: int, knobs: Knobs | None = None) -> Schedule:
         # Syncs merged a few entries per tick, over many ticks, meet every other step mid-merge.
         overrides["sync_slice_entries"] = rng.choice((1, 3, 16, 64))
     steps = tuple(sorted(d.steps, key=lambda s: s.at))
-    return Schedule(seed, nodes, networks, cold, overrides, steps, round(active + 0.5, 3), latency)
+    # Drawn last, so that adding it left every earlier draw of a seed as it was. Clocks a second or
+    # two apart stamp deletes and time reaping differently (short TTLs above make it count).
+    skew = {n: round(rng.uniform(0.0, 2.0), 3) for n in nodes} if rng.random() < 0.3 else {}
+    return Schedule(seed, nodes, networks, cold, overrides, steps, round(active + 0.5, 3), latency, skew)

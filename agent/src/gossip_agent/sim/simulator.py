@@ -79,9 +79,9 @@ class _Journal:
         for key in [k for k in self.entries if k[0] == network]:
             del self.entries[key]
 
-    def load(self, now: float, tombstone_ttl: float) -> list[TableEvent]:
+    def load(self, wall: float, tombstone_ttl: float) -> list[TableEvent]:
         """Own entries to restore; tombstones older than the TTL are dropped (Journal.load)."""
-        return [e for e in self.entries.values() if not (e.deleted and e.wall_ms < (now - tombstone_ttl) * 1000)]
+        return [e for e in self.entries.values() if not (e.deleted and e.wall_ms < (wall - tombstone_ttl) * 1000)]
 
 
 def liveness_bound(config: Config, nodes: int) -> float:
@@ -138,7 +138,7 @@ class Simulator:
         self.captured: list[tuple[str, Address, bytes]] = []
         self.captured_seen = 0
         self.truth = GroundTruth()
-        self.observer = Observer(self.truth)
+        self.observer = Observer(self.truth, dict(options.clock_skew))
         self.trace = blake2b(digest_size=16)
         self.delivered = 0
         self.dropped = {"loss": 0, "partition": 0, "crashed": 0}
@@ -168,6 +168,7 @@ class Simulator:
             overrides=dict(schedule.overrides),
             latency_min=schedule.latency[0],
             latency_max=schedule.latency[1],
+            clock_skew=dict(schedule.clock_skew),
         )
         if options.node_names() != list(schedule.nodes):
             raise OptionError("schedule nodes must be named as the simulator names them (n1, n2, ... or n01, ...)")
@@ -284,12 +285,16 @@ class Simulator:
 
     # === setup ====================================================================================
 
+    def _wall(self, name: str) -> float:
+        """Seconds on `name`'s wall clock, ahead of (or behind) virtual time by its skew."""
+        return self.now + self.options.clock_skew.get(name, 0.0)
+
     def _new_node(self, name: str, journal: _Journal | None = None) -> Node:
         rng = random.Random(self.rng.getrandbits(64))
         # A node starts a new life one incarnation above its journal's, and its clock at least at
         # wall-clock microseconds, as the daemon does (warm-started nodes began long ago, at 0).
         lamport, incarnation = (
-            (max(journal.lamport, int(self.now * 1e6)), journal.incarnation + 1) if journal else (0, 0)
+            (max(journal.lamport, int(self._wall(name) * 1e6)), journal.incarnation + 1) if journal else (0, 0)
         )
         node = Node(
             name,
@@ -300,7 +305,7 @@ class Simulator:
             lamport=lamport,
             incarnation=incarnation,
             static=self.static,
-            wall_us=int(self.now * 1e6),
+            wall_us=int(self._wall(name) * 1e6),
         )
         self.nodes[name] = node
         return node
@@ -370,7 +375,7 @@ class Simulator:
         if node is None or name in self.crashed or name in self.paused or network not in node.networks:
             self.failed_writes += 1
             return False
-        wall = int(self.now * 1000)
+        wall = int(self._wall(name) * 1000)
         try:
             if value is None:
                 event = node.delete(network, TABLE, key, self.now, wall)
@@ -399,7 +404,7 @@ class Simulator:
         if node is None or name in self.crashed or name in self.paused or network not in node.networks:
             return
         self.attachment_churn = True
-        node.detach(network, self.now, int(self.now * 1000))
+        node.detach(network, self.now, int(self._wall(name) * 1000))
         self.attached[name].discard(network)
         self.truth.delete_all(name, network)
         self.journals[name].detached(network)
@@ -446,7 +451,8 @@ class Simulator:
         for network in sorted(set(self.networks_of[name]) | journal.networks):
             node.attach(network, self.now)
             self.attached[name].add(network)
-        node.restore(journal.load(self.now, self.config.tombstone_ttl), self.now, int(self.now * 1000))
+        wall = self._wall(name)
+        node.restore(journal.load(wall, self.config.tombstone_ttl), self.now, int(wall * 1000))
         self._join(name, node, 0.5)
 
     def _join(self, name: str, node: Node, backoff: float) -> None:
