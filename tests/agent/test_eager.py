@@ -182,3 +182,39 @@ def test_a_difference_syncs_cannot_mend_stops_keeping_the_network_hot():
             node.on_stream_reply(request.id, None, now)
     assert syncs >= 2
     assert state.hot_until < now, "an unmendable difference kept the network hot past the limit"
+
+
+def test_members_that_agree_do_not_renew_a_difference_syncs_cannot_mend():
+    """With three members, c agrees with us and b differs for good: c's digests must not make b's
+    difference look new again (the lab's case: some agents agree, restarted ones differ)."""
+    wire = Wire(["a", "b", "c"])
+    wire.form({"blue": ["a", "b", "c"]})
+    node = wire.nodes["a"]
+    state = node.networks["blue"]
+    now = wire.now
+    syncs = 0
+    for i in range(int((MISMATCH_HOT_LIMIT + 10) / node.config.gossip_interval)):
+        now += node.config.gossip_interval
+        sender, digest = ("b", 12345) if i % 2 else ("c", state.table.digest)
+        message = NetworkDigest("blue", digest, state.table.count)
+        node.handle_datagram(wire.nodes[sender].addr, encode_datagram(sender, [message]), now)
+        for request in node.take_streams():
+            syncs += 1
+            node.on_stream_reply(request.id, None, now)
+    assert state.hot_until < now, "one agreeing member kept an unmendable difference young"
+    assert syncs <= MISMATCH_HOT_LIMIT, f"{syncs} syncs for a difference they cannot mend"
+
+
+def test_a_difference_that_changes_is_news_and_keeps_the_network_hot():
+    wire = Wire(["a", "b"])
+    wire.form({"blue": ["a", "b"]})
+    node = wire.nodes["a"]
+    state = node.networks["blue"]
+    now = wire.now
+    for i in range(int((MISMATCH_HOT_LIMIT + 10) / node.config.gossip_interval)):
+        now += node.config.gossip_interval
+        message = NetworkDigest("blue", 1000 + i // 50, state.table.count)  # b's table moves every 10 s
+        node.handle_datagram(wire.nodes["b"].addr, encode_datagram("b", [message]), now)
+        for request in node.take_streams():
+            node.on_stream_reply(request.id, None, now)
+    assert state.hot_until > now

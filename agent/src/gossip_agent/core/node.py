@@ -66,6 +66,7 @@ HOT_ROUNDS = 10  # rounds after a table change during which the network's digest
 SYNC_PATIENCE = 1.0  # seconds a sync may go unanswered: TCP resends a lost SYN after 1 s (`_start_sync`)
 MAX_SYNCS_IN_FLIGHT = 3  # per network, the abandoned ones included
 MISMATCH_HOT_LIMIT = 30.0  # seconds a lasting digest difference keeps a network's digests going
+MAX_STUCK_DIGESTS = 64  # differing digests remembered per network while ours does not change
 LOUD_MISMATCH_ROUNDS = 10  # rounds a digest difference may last while news arrives before a sync
 # How far a Lamport time from the wire may be above where our clock started plus CLOCK_RATE per
 # second since. Clocks start at wall-clock microseconds (see `Node`) and move by one per write:
@@ -126,6 +127,10 @@ class _NetworkState:
     fresh_at: float = -1e9  # when a version new to us last arrived or was written
     mismatch_rounds: int = 0  # digests that differed from ours while quiet, since one agreed
     mismatch_since: float | None = None  # since when digests differ from ours
+    # Differing digests seen while ours stayed `stuck_for`: digest -> when first seen. A pair of
+    # tables that neither changes, and that still differ, is what syncs have not mended.
+    stuck: dict[int, float] = field(default_factory=dict)
+    stuck_for: int = 0
     digest_sync_at: float = -math.inf  # when a differing digest last started a sync
     syncing: int | None = None  # id of the stream of a sync in flight
     needs_join_sync: bool = True
@@ -715,10 +720,18 @@ class Node:
         if state.mismatch_since is None:
             state.mismatch_since = now
         # A difference keeps us gossiping our digest, so that it is mended even once no table
-        # changes any more (a heal's last sync failed, say): it stops when digests agree, or
-        # after MISMATCH_HOT_LIMIT of one that syncs do not mend (tombstones reaped here and not
-        # yet there); the periodic digest then brings one sync a bulk_sync_interval.
-        if now - state.mismatch_since < MISMATCH_HOT_LIMIT:
+        # changes any more (a heal's last sync failed, say): it stops when digests agree, or once
+        # this same pair of tables has differed for MISMATCH_HOT_LIMIT, which syncs did not mend
+        # (tombstones one side reaped, a clock far off); the periodic digest then brings one sync
+        # a bulk_sync_interval. Digests that agree from other members do not restart that age.
+        if state.stuck_for != table.digest:
+            state.stuck.clear()
+            state.stuck_for = table.digest
+        if len(state.stuck) < MAX_STUCK_DIGESTS:
+            first = state.stuck.setdefault(msg.digest, now)
+        else:  # forged digests by the thousand: the unknown count as old, not as news
+            first = state.stuck.get(msg.digest, -math.inf)
+        if now - first < MISMATCH_HOT_LIMIT:
             state.hot_until = max(state.hot_until, now + HOT_ROUNDS * self.config.gossip_interval)
         state.mismatch_rounds += quiet
         behind = msg.count > table.count + self.config.digest_pull_threshold
@@ -727,8 +740,7 @@ class Node:
         due = (quiet and (behind or state.mismatch_rounds >= self.config.digest_mismatch_rounds)) or lasting
         if due and state.syncing is None:
             # The difference's age (mismatch_since) is not reset by a sync: one that syncs cannot
-            # mend would otherwise keep every member hot, and syncing, for ever (seen on a lab:
-            # tombstones reaped by some and held by agents restarted since).
+            # mend would otherwise start one every few rounds.
             state.mismatch_rounds, state.digest_sync_at = 0, now
             self._start_sync(msg.network, state, sender, now, "digest")
 
