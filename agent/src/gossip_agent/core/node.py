@@ -893,8 +893,8 @@ class Node:
         # The peer absorbs our reply before it pushes: allow it the stream timeout twice.
         pushes[(peer, network)] = now + 2 * self.config.stream_timeout
 
-    def _sync_digest(self, state: _NetworkState) -> dict[str, tuple[int, int]]:
-        digest = state.table.sync_digest()
+    def _sync_digest(self, state: _NetworkState, requesting: bool = False) -> dict[str, tuple[int, int]]:
+        digest = state.table.sync_digest(requesting)
         if not state.own_synced:
             digest[self.name] = (0, digest.get(self.name, (0, 0))[1])
         return digest
@@ -984,7 +984,7 @@ class Node:
         addr = self.address_of(peer)
         if addr is None:
             return
-        digest = self._sync_digest(state)
+        digest = self._sync_digest(state, requesting=True)
         request = SyncRequest(network, digest, state.table.held_above(digest, MAX_HELD, self.name))
         state.syncing = self._open_stream("sync", addr, request, now, peer, network, why)
         self.count(f"syncs_{why}")

@@ -90,6 +90,9 @@ class NetworkTable:
         # Owners with withdrawn entries, and how many: for them we are not complete, whatever
         # our watermark said, so we report mark 0 and do not raise it (see sync_digest/absorb).
         self._withdrawn: dict[str, int] = {}
+        # Withdrawn owners whose hidden versions a peer's set did not prove current: they are not
+        # listed as held, so the next sync sends all of the owner's versions (`held_above`).
+        self._unproven: set[str] = set()
         self.digest = 0
         self.count = 0  # stored versions that count in the digest (live entries and tombstones)
         self.live = 0  # visible entries, kept as they change: readers poll it, and must not walk the table
@@ -174,8 +177,9 @@ class NetworkTable:
         return version(held) >= version(other)
 
     def withdraw_owner(self, owner: str, now: float) -> list[Change]:
-        """Hide every entry of an owner that died or left; forget how complete we were for it."""
-        self.watermarks.pop(owner, None)
+        """Hide every entry of an owner that died or left. Our mark for it stays: we still hold
+        all its versions up to there (hidden), and a sync asks only for what is above it
+        (`sync_digest(requesting=True)`, `settle`)."""
         changes = []
         for key, entry in list(self._by_owner.get(owner, {}).items()):
             if entry.withdrawn:
@@ -220,17 +224,27 @@ class NetworkTable:
         for key, entry in expired:
             self._unlink(key, entry)
             del self.entries[key]
-            if entry.event.deleted and not entry.withdrawn:
-                owner = entry.event.owner
+            owner = entry.event.owner
+            if entry.withdrawn:
+                self.watermarks.pop(owner, None)  # we no longer hold all its versions up to there
+            elif entry.event.deleted:
                 self.reaped[owner] = max(self.reaped.get(owner, 0), entry.event.lamport)
         return len(expired)
 
     # --- delta sync ---------------------------------------------------------------------------
 
-    def sync_digest(self) -> OwnerDigest:
+    def sync_digest(self, requesting: bool = False) -> OwnerDigest:
+        """Per owner (watermark, hash of the versions we show). For an owner with withdrawn
+        entries the mark is 0 when we vouch (we show less than we hold up to it, and a peer must
+        not raise its mark on our word), and our mark when we ask (`requesting`): we hold its
+        versions up to there, hidden, and need only what is above; `settle` shows them again."""
         owners = set(self.watermarks) | {o for o, h in self._owner_hash.items() if o in self._by_owner}
         return {
-            o: (0 if o in self._withdrawn else self.watermarks.get(o, 0), self._owner_hash.get(o, 0)) for o in owners
+            o: (
+                0 if o in self._withdrawn and not requesting else self.watermarks.get(o, 0),
+                self._owner_hash.get(o, 0),
+            )
+            for o in owners
         }
 
     def holds_as(self, owner: str, peer: OwnerDigest) -> bool:
@@ -240,12 +254,14 @@ class NetworkTable:
     def held_above(self, digest: OwnerDigest, limit: int, skip: str = "") -> dict[str, frozenset[int]]:
         """The Lamport times of the versions we hold above the marks of `digest` (ours, as sent),
         per owner, at most `limit` in all: they came by the tree, not by sync (marks rise only by
-        sync), and a peer need not send them again. Not for withdrawn owners (whose mark we send
-        as 0: we want all of theirs back), nor for `skip` (us: our own entries are ours to
-        re-assert). An owner whose times do not fit is left out: the peer sends it all."""
+        sync), and a peer need not send them again. Withdrawn versions count: held hidden, they
+        are shown again once the peer's set proves them current (`settle`); once a peer's set
+        did not, the owner's versions come whole, so a changed one replaces ours. Not for `skip`
+        (us: our own entries are ours to re-assert). An owner whose times do not fit is left
+        out: the peer sends it all."""
         held: dict[str, frozenset[int]] = {}
         for owner, bucket in self._by_owner.items():
-            if owner == skip or owner in self._withdrawn:
+            if owner == skip or owner in self._unproven:
                 continue
             mark = digest.get(owner, (0, 0))[0]
             times = frozenset(e.event.lamport for e in bucket.values() if e.event.lamport > mark)
@@ -328,11 +344,41 @@ class NetworkTable:
                     del self.entries[key]
                     if entry.visible:
                         changes.append(Change(self.network, key[0], key[1], entry.event, None, now, True))
+        for owner in [o for o in self._withdrawn if owner_ok(o)]:
+            changes += self._settle_withdrawn(owner, peer, now)
+        self._unproven.intersection_update(self._withdrawn)
         for owner, (mark, _) in peer.items():
             # Still holding withdrawn entries of this owner means the peer did not send them all
             # back (its set equals our visible part): raising the mark would hide them for good.
             if mark > self.watermarks.get(owner, 0) and owner_ok(owner) and owner not in self._withdrawn:
                 self.watermarks[owner] = mark
+        return changes
+
+    def _settle_withdrawn(self, owner: str, peer: OwnerDigest, now: float) -> list[Change]:
+        """An owner back from the dead, after a peer's delta: when what we show of it and what
+        we hide of it is now exactly the set the peer shows (same hash), the hidden versions are
+        its current ones and are shown again, not sent again (we asked only for what is above
+        our mark and listed the hidden ones as held). When the sets differ (the peer hides some
+        too, or lacks a version the owner never wrote, forged in its name, say), our mark for
+        it goes and its hidden versions are no longer listed as held: the next sync brings all
+        of its versions, and a changed one replaces ours."""
+        hidden = [(key, entry) for key, entry in self._by_owner.get(owner, {}).items() if entry.withdrawn]
+        whole = self._owner_hash.get(owner, 0)
+        for _, entry in hidden:
+            whole ^= entry.hash
+        theirs = peer.get(owner, (0, 0))[1]
+        if whole != theirs:
+            self.watermarks.pop(owner, None)
+            self._unproven.add(owner)
+            return []
+        changes = []
+        for key, entry in hidden:
+            self._unlink(key, entry)
+            entry.withdrawn = False
+            entry.seen_at = now
+            self._link(key, entry)
+            if entry.visible:
+                changes.append(Change(self.network, key[0], key[1], None, entry.event, now))
         return changes
 
     def absorb(
