@@ -134,26 +134,27 @@ def test_a_node_joining_a_network_gets_its_table_in_one_sync(overlap):
 
 
 def test_a_tombstone_a_late_joiner_took_is_reaped_with_everyone_elses():
-    """The joiner's copy arrives 27 s after the delete. Counted from its arrival, it would outlive
-    the others' by as much, and their digests would differ with no sync able to mend them (a lab
-    of restarted agents synced for minutes this way)."""
+    """The joiner's copy arrives 232 s after the delete. Counted from its arrival, it would
+    outlive the others' by as much, and their digests would differ with no sync able to mend
+    them (a lab of restarted agents synced for minutes this way). Past REAP_FLOOR, it goes in
+    the same pass as theirs."""
     wire = Wire(["a", "b"])
     wire.form({"blue": ["a", "b"]})
-    config = replace(local(), tombstone_ttl=20.0)  # reap passes at wall seconds 20, 40, 60...
+    config = replace(local(), tombstone_ttl=400.0)  # reap passes at wall multiples of 60 s
     for node in wire.nodes.values():
         node.config = config
-        node.next_reap_at = 20.0
+        node.next_reap_at = 60.0
     wire.nodes["a"].write("blue", "ep", "k", b"x", wire.now, int(wire.now * 1000))
     wire.run(1.0)
     wire.nodes["a"].delete("blue", "ep", "k", wire.now, int(wire.now * 1000))  # at about 3 s
-    wire.run(27.0)
+    wire.run(232.0, step=0.25)
     joiner = Node("c", ("198.18.0.3", 7946), config, random.Random(3), wire.now, wall_us=int(wire.now * 1e6))
     wire.nodes["c"], wire.addresses["c"], wire.by_address["198.18.0.3"] = joiner, joiner.addr, "c"
     joiner.attach("blue", wire.now)
     joiner.join([wire.addresses["a"]], wire.now)
     wire.run(1.0)
     assert joiner.networks["blue"].table.get("ep", "k").event.deleted
-    wire.run(15.0)  # past the pass at 40 s, before the one at 60
+    wire.run(190.0, step=0.25)  # past the pass at 420 s (403 s after the delete), before 480
     tables = [node.networks["blue"].table for node in wire.nodes.values()]
     assert [t.get("ep", "k") for t in tables] == [None, None, None]
     assert len({t.digest for t in tables}) == 1

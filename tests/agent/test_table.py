@@ -50,18 +50,27 @@ def test_a_tombstone_taken_late_is_reaped_by_its_delete_time_a_withdrawal_by_our
     t.apply(late, 25)  # taken 24 s later here
     t.apply(ev("w", "b", 3), 0)
     t.withdraw_owner("b", 25)
-    assert t.reap(now=30, ttl=30, wall_ms=30_000) == 0
-    assert t.reap(now=30, ttl=30, wall_ms=31_000) == 1  # 30 s after the delete, not after arrival
+    assert t.reap(now=30, ttl=30, wall_ms=30_000, floor=5) == 0
+    assert t.reap(now=30, ttl=30, wall_ms=31_000, floor=5) == 1  # 30 s after the delete, not after arrival
     assert t.reaped == {"a": 6}
-    assert t.reap(now=54, ttl=30, wall_ms=1_000_000) == 0  # withdrawn at 25: ours to time
-    assert t.reap(now=55, ttl=30, wall_ms=1_000_000) == 1
+    assert t.reap(now=54, ttl=30, wall_ms=1_000_000, floor=5) == 0  # withdrawn at 25: ours to time
+    assert t.reap(now=55, ttl=30, wall_ms=1_000_000, floor=5) == 1
+
+
+def test_a_delete_stamped_long_ago_is_still_held_the_floor():
+    """Forged with wall time 0, or from a clock far behind (or ours far ahead): its owner must
+    still have time to answer it, and the copies it deleted must still meet it."""
+    t = NetworkTable("net")
+    t.apply(TableEvent("net", "t", "k", b"", "a", 6, 0, True), 100)
+    assert t.reap(now=104, ttl=30, wall_ms=10**9, floor=5) == 0
+    assert t.reap(now=105, ttl=30, wall_ms=10**9, floor=5) == 1
 
 
 def test_a_tombstone_stamped_in_the_future_is_still_reaped_a_ttl_after_arrival():
     t = NetworkTable("net")
     t.apply(TableEvent("net", "t", "k", b"", "a", 6, 10**12, True), 0)  # a clock far ahead
-    assert t.reap(now=29, ttl=30, wall_ms=0) == 0
-    assert t.reap(now=30, ttl=30, wall_ms=0) == 1
+    assert t.reap(now=29, ttl=30, wall_ms=0, floor=5) == 0
+    assert t.reap(now=30, ttl=30, wall_ms=0, floor=5) == 1
 
 
 def test_merge_is_commutative_and_idempotent():

@@ -66,6 +66,9 @@ HOT_ROUNDS = 10  # rounds after a table change during which the network's digest
 SYNC_PATIENCE = 1.0  # seconds a sync may go unanswered: TCP resends a lost SYN after 1 s (`_start_sync`)
 MAX_SYNCS_IN_FLIGHT = 3  # per network, the abandoned ones included
 MISMATCH_HOT_LIMIT = 30.0  # seconds a lasting digest difference keeps a network's digests going
+# Seconds a tombstone is held here whatever its delete's wall time says (`NetworkTable.reap`):
+# long enough for its owner to see one forged in its name, and for a partition of minutes.
+REAP_FLOOR = 180.0
 MAX_STUCK_DIGESTS = 64  # differing digests remembered per network while ours does not change
 LOUD_MISMATCH_ROUNDS = 10  # rounds a digest difference may last while news arrives before a sync
 # How far a Lamport time from the wire may be above where our clock started plus CLOCK_RATE per
@@ -645,7 +648,8 @@ class Node:
         ours = held is not None and held.event.owner == self.name and not held.event.deleted
         value, deleted = (held.event.value, False) if held is not None and ours else (b"", True)
         self.count("own_reasserted")
-        self._write(event.network, event.table, event.key, value, deleted, now, event.wall_ms)
+        # Stamped now: the stale copy's time would age our answer (a tombstone reaped at once).
+        self._write(event.network, event.table, event.key, value, deleted, now, self._wall_ms(now))
 
     def _heed_mark_for_us(self, state: _NetworkState, digest: dict[str, tuple[int, int]], now: float) -> None:
         """A peer's digest says it holds all our writes up to `mark`. If that is past our latest
@@ -1178,14 +1182,15 @@ class Node:
                 self._finish_stream(sid, pending, None, now)
         if now >= self.next_reap_at:
             self.next_reap_at = self._next_reap(now)
-            wall_ms = self._wall_ms(now)
+            wall_ms, ttl = self._wall_ms(now), self.config.tombstone_ttl
+            floor = min(ttl, REAP_FLOOR)
             for state in self.networks.values():
-                self.count("reaped", state.table.reap(now, self.config.tombstone_ttl, wall_ms))
+                self.count("reaped", state.table.reap(now, ttl, wall_ms, floor))
             for key in [k for k, at in self._detached_at.items() if now - at >= self.config.tombstone_ttl]:
                 del self._detached_at[key]
                 del self.attachments[key]
             for network, table in list(self._left_tables.items()):
-                table.reap(now, self.config.tombstone_ttl, wall_ms)
+                table.reap(now, ttl, wall_ms, floor)
                 if not table.entries:
                     del self._left_tables[network]
 

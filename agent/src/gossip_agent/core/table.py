@@ -17,6 +17,7 @@ comes back (a tombstone would win that tie and the entry would be lost: moby#477
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from hashlib import blake2b
@@ -180,6 +181,8 @@ class NetworkTable:
         """Hide every entry of an owner that died or left. Our mark for it stays: we still hold
         all its versions up to there (hidden), and a sync asks only for what is above it
         (`sync_digest(requesting=True)`, `settle`)."""
+        if owner not in self._by_owner:
+            self.watermarks.pop(owner, None)  # nothing of it hidden here to ask from a mark for
         changes = []
         for key, entry in list(self._by_owner.get(owner, {}).items()):
             if entry.withdrawn:
@@ -203,14 +206,17 @@ class NetworkTable:
             self.withdraw_owner(other, now)
         self.watermarks = {o: m for o, m in self.watermarks.items() if o == owner}
 
-    def reap(self, now: float, ttl: float, wall_ms: int | None = None) -> int:
+    def reap(self, now: float, ttl: float, wall_ms: int | None = None, floor: float = math.inf) -> int:
         """Forget tombstones and withdrawn entries older than `ttl`; returns how many.
 
-        A tombstone's age is also counted from when its owner deleted (its `wall_ms`, against ours,
-        `wall_ms`), so every holder reaps it at about the same time: one that took it late (by a
-        sync after a restart) would otherwise hold it up to a `ttl` longer than the others, and
-        digests would differ all that while with no sync able to mend them. A withdrawal is ours
-        alone and counts from when we withdrew."""
+        A tombstone held here at least `floor` is also aged from when its owner deleted (its
+        `wall_ms`, against ours, `wall_ms`), so its holders reap it at about the same time: one
+        that took it late (by a sync after a restart) would otherwise hold it up to a `ttl`
+        longer than the others, and digests would differ all that while with no sync able to
+        mend them. The floor is what a wall time cannot take away: a delete stamped long ago (a
+        forged one, or a clock far behind) still lives long enough for its owner to answer it,
+        and a clock far ahead here still guards against the copies it deleted. A withdrawal is
+        ours alone and counts from when we withdrew."""
         ttl_ms = ttl * 1000
         expired = [
             (key, entry)
@@ -218,7 +224,12 @@ class NetworkTable:
             if (entry.event.deleted or entry.withdrawn)
             and (
                 now - entry.seen_at >= ttl
-                or (wall_ms is not None and not entry.withdrawn and wall_ms - entry.event.wall_ms >= ttl_ms)
+                or (
+                    wall_ms is not None
+                    and not entry.withdrawn
+                    and now - entry.seen_at >= floor
+                    and wall_ms - entry.event.wall_ms >= ttl_ms
+                )
             )
         ]
         for key, entry in expired:

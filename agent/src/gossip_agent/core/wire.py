@@ -290,7 +290,7 @@ class TableEvent(Message):
     value: bytes
     owner: str
     lamport: int
-    wall_ms: int  # the owner's wall clock at the write, for latency measurement only
+    wall_ms: int  # the owner's wall clock at the write: latency figures, and a delete's age (`NetworkTable.reap`)
     deleted: bool
 
     def to_wire(self) -> list[Any]:
