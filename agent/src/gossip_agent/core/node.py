@@ -1069,6 +1069,8 @@ class Node:
         repairing = job.response_to is not None and job.response_to.why in ("digest", "retry")
         applied: list[TableEvent] | None = [] if repairing else None
         changes = state.table.merge(theirs, job.full_keys, now, owner_ok, applied)
+        if job.response_to is not None and job.response_to.why == "join":
+            self._age_joined_tombstones(state, theirs, now)
         for event in applied or ():
             state.table.entries[(event.table, event.key)].pushed = True
             encoded = encode_message(event)
@@ -1086,6 +1088,21 @@ class Node:
         self._changes.extend(changes)
         if changes:
             state.hot_until = now + HOT_ROUNDS * self.config.gossip_interval
+
+    def _age_joined_tombstones(self, state: _NetworkState, events: list[TableEvent], now: float) -> None:
+        """Tombstones a join sync brought have been held by the peer since their delete: they
+        need no REAP_FLOOR here (its owner had its time to answer them there), and are reaped
+        by their delete's wall time with everyone else's. Held the floor anew, a tombstone in
+        its last minutes went on from one restarted agent to the next (rolling restarts), and
+        digests differed all that while. Aged by the floor, a tombstone's own time to live here
+        is cut by as much, so not with a TTL under twice the floor (then the floor is the TTL)."""
+        floor = REAP_FLOOR
+        if self.config.tombstone_ttl < 2 * floor:
+            return
+        for event in events:
+            entry = state.table.entries.get((event.table, event.key)) if event.deleted else None
+            if entry is not None and entry.event == event:
+                entry.seen_at = min(entry.seen_at, now - floor)
 
     def _owner_ok_in(self, network: str) -> Callable[[str], bool]:
         return lambda owner: self.owner_ok(network, owner)
