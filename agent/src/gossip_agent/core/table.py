@@ -89,7 +89,7 @@ class NetworkTable:
         # may still hold the deleted entry, so it gets that owner's entries in full.
         self.reaped: dict[str, int] = {}
         # Owners with withdrawn entries, and how many: for them we are not complete, whatever
-        # our watermark said, so we report mark 0 and do not raise it (see sync_digest/absorb).
+        # our watermark said, so we vouch with mark 0 and do not raise it (see sync_digest/settle).
         self._withdrawn: dict[str, int] = {}
         # Withdrawn owners whose hidden versions a peer's set did not prove current: they are not
         # listed as held, so the next sync sends all of the owner's versions (`held_above`).

@@ -282,6 +282,7 @@ def generate(seed: int, knobs: Knobs | None = None) -> Schedule:
         overrides["sync_slice_entries"] = rng.choice((1, 3, 16, 64))
     steps = tuple(sorted(d.steps, key=lambda s: s.at))
     # Drawn last, so that adding it left every earlier draw of a seed as it was. Clocks a second or
-    # two apart stamp deletes and time reaping differently (short TTLs above make it count).
+    # two apart stamp writes, restored tombstones and new lives' clocks differently (the TTLs drawn
+    # above are under REAP_FLOOR, so reaping by wall time itself is left to the unit tests).
     skew = {n: round(rng.uniform(0.0, 2.0), 3) for n in nodes} if rng.random() < 0.3 else {}
     return Schedule(seed, nodes, networks, cold, overrides, steps, round(active + 0.5, 3), latency, skew)

@@ -286,7 +286,7 @@ class Simulator:
     # === setup ====================================================================================
 
     def _wall(self, name: str) -> float:
-        """Seconds on `name`'s wall clock, ahead of (or behind) virtual time by its skew."""
+        """Seconds on `name`'s wall clock, ahead of virtual time by its skew."""
         return self.now + self.options.clock_skew.get(name, 0.0)
 
     def _new_node(self, name: str, journal: _Journal | None = None) -> Node:
