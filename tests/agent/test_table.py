@@ -140,6 +140,49 @@ def test_peer_behind_a_reaped_tombstone_gets_the_owner_in_full_and_drops_the_sta
     assert view(dst) == {("kept", "a", b"v")}
 
 
+def _reaped_all_of_o() -> NetworkTable:
+    """A table complete for owner o up to 5 whose only entry of o, k, was deleted at 5 and reaped."""
+    t = NetworkTable("net")
+    t.apply(ev("k", "o", 3), 0)
+    t.apply(ev("k", "o", 5, deleted=True), 0)
+    t.watermarks["o"] = 5
+    assert t.reap(now=100, ttl=30) == 1
+    assert not t.entries
+    return t
+
+
+def _missed_the_delete() -> NetworkTable:
+    t = NetworkTable("net")
+    t.apply(ev("k", "o", 3), 0)
+    t.watermarks["o"] = 3
+    return t
+
+
+def test_a_copy_that_missed_a_delete_for_a_whole_ttl_is_dropped_by_a_peer_that_holds_nothing_of_its_owner():
+    # Nothing of o is left at the peer to send, and no sync used to mention o: the stale copy
+    # stayed, digests differed for ever, and a joiner synced from it got the deleted entry back.
+    peer, stale = _reaped_all_of_o(), _missed_the_delete()
+    events, full = peer.delta_for(stale.sync_digest(requesting=True), held={})
+    assert (events, full) == ([], ["o"])
+    stale.absorb(events, peer.sync_digest(), full, 0.0, lambda owner: True)
+    assert not list(stale.visible())
+    assert stale.digest == peer.digest == 0
+    assert peer.delta_for(stale.sync_digest()) == ([], [])  # agreed: nothing more to say
+
+
+def test_an_owner_that_dies_after_its_deletes_were_reaped_keeps_the_mark_over_them():
+    peer, stale = _reaped_all_of_o(), _missed_the_delete()
+    peer.withdraw_owner("o", 200)
+    assert peer.watermarks["o"] == 5
+    assert sync(stale, peer) == []  # the stale copy is below our mark: not taken back
+    assert not list(peer.visible())
+    empty = NetworkTable("net")
+    empty.withdraw_owner("x", 200)
+    empty.watermarks["x"] = 4
+    empty.withdraw_owner("x", 300)
+    assert "x" not in empty.watermarks  # nothing of x held or reaped here: the mark would only grow
+
+
 def test_absorb_skips_owners_that_are_gone_and_keeps_their_watermark_low():
     src, dst = NetworkTable("net"), NetworkTable("net")
     src.apply(ev("k", "dead", 5), 0)

@@ -181,8 +181,10 @@ class NetworkTable:
         """Hide every entry of an owner that died or left. Our mark for it stays: we still hold
         all its versions up to there (hidden), and a sync asks only for what is above it
         (`sync_digest(requesting=True)`, `settle`)."""
-        if owner not in self._by_owner:
-            self.watermarks.pop(owner, None)  # nothing of it hidden here to ask from a mark for
+        if owner not in self._by_owner and owner not in self.reaped:
+            # Nothing of it hidden here to ask from a mark for. A mark over reaped deletes stays:
+            # it is what lets a peer that missed one drop its stale copy (`delta_for`).
+            self.watermarks.pop(owner, None)
         changes = []
         for key, entry in list(self._by_owner.get(owner, {}).items()):
             if entry.withdrawn:
@@ -309,6 +311,13 @@ class NetworkTable:
                     for e in bucket.values()
                     if not e.withdrawn and e.event.lamport > mark and e.event.lamport not in has
                 )
+        for owner, reaped in self.reaped.items():
+            # Nothing of this owner left here, but the peer shows some, and from below deletes we
+            # reaped: a copy that missed one for a whole time to live. Sent in full (as empty), it
+            # drops what our mark covers; no one else would ever tell it.
+            mark, hashed = peer.get(owner, (0, 0))
+            if hashed and mark < reaped and owner not in self._by_owner:
+                full.append(owner)
         return events, full
 
     def merge(
