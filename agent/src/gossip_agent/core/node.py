@@ -63,7 +63,12 @@ from .wire import (
 
 MAX_OUT_OF_SCOPE_NETWORKS = 256
 HOT_ROUNDS = 10  # rounds after a table change during which the network's digest is gossiped
-SYNC_PATIENCE = 1.0  # seconds a sync may go unanswered: TCP resends a lost SYN after 1 s (`_start_sync`)
+# Seconds a sync may go unanswered before another peer is asked (`_start_sync`): four times the
+# median of recent syncs' round trips, within these bounds. TCP resends a lost SYN after 1 s, a
+# lost segment after 200 ms at the least; a loaded host answers slower, and is then waited for.
+SYNC_PATIENCE = 1.0
+MIN_SYNC_PATIENCE = 0.2
+SYNC_RTT_SAMPLES = 16
 MAX_SYNCS_IN_FLIGHT = 3  # per network, the abandoned ones included
 MISMATCH_HOT_LIMIT = 30.0  # seconds a lasting digest difference keeps a network's digests going
 # Seconds a tombstone is held here whatever its delete's wall time says (`NetworkTable.reap`):
@@ -136,6 +141,7 @@ class _NetworkState:
     stuck_for: int = 0
     digest_sync_at: float = -math.inf  # when a differing digest last started a sync
     syncing: int | None = None  # id of the stream of a sync in flight
+    abandoned: set[int] = field(default_factory=set)  # syncs given up as slow: their answers are still taken
     needs_join_sync: bool = True
     # Until one sync of this network has completed in this life, we report watermark 0 for our own
     # entries, so the first peer we sync with sends back every entry it holds in our name: what a
@@ -211,6 +217,8 @@ class Node:
         self._eager_due: float | None = None
         self._streams: list[StreamRequest] = []
         self._pending: dict[int, _PendingStream] = {}
+        self._sync_rtts: deque[float] = deque(maxlen=SYNC_RTT_SAMPLES)
+        self._sync_patience = SYNC_PATIENCE
         self._stream_ids = 0
         self._changes: list[Change | MemberChange] = []
         self._own_writes: list[TableEvent] = []
@@ -916,6 +924,11 @@ class Node:
         ours = False  # a sync of the attachment in force (not of one we left since)
         if state is not None and state.syncing == sid:
             state.syncing, ours = None, True
+        elif state is not None and sid in state.abandoned:
+            state.abandoned.discard(sid)
+            ours = data is not None and self._take_late_answer(state)
+        if data is not None and pending.kind == "sync":
+            self._sample_sync_rtt(now - (pending.deadline - self.config.stream_timeout))
         if data is None:
             self.count(f"streams_failed_{pending.kind}")
             if pending.why == "join" and state is not None:
@@ -963,6 +976,30 @@ class Node:
         for record in msg.attachments:
             self._on_attachment(record, now)
 
+    def _sample_sync_rtt(self, rtt: float) -> None:
+        """The median, not a mean: under loss one sync in five takes a TCP timeout more, and
+        those are what patience is to cut short, not to wait for."""
+        rtts = self._sync_rtts
+        rtts.append(rtt)
+        median = sorted(rtts)[len(rtts) // 2]
+        self._sync_patience = min(SYNC_PATIENCE, max(MIN_SYNC_PATIENCE, 4 * median))
+
+    def _take_late_answer(self, state: _NetworkState) -> bool:
+        """Whether the answer to a sync we gave up as slow is merged after all: it is what we
+        asked for (TCP only took a lost segment's timeout), and the sync that replaced it has
+        not been answered yet, or was and is merged. Dropped, a heal waited for the last retry
+        (seconds under loss). The sync in flight is given up in its turn, its answer taken the
+        same way; one answer is merged at a time."""
+        current = state.syncing
+        if current is not None:
+            pending = self._pending.get(current)
+            if pending is None or pending.why == "join":  # an answer being merged, or a whole table coming
+                return False
+            state.abandoned.add(current)
+        state.syncing = None
+        self.count("syncs_answered_late")
+        return True
+
     def _sync_patience_ends(self, network: str, state: _NetworkState) -> float:
         """When the network's sync in flight, unanswered, stops blocking another (see below)."""
         pending = None if state.syncing is None else self._pending.get(state.syncing)
@@ -971,18 +1008,20 @@ class Node:
         in_flight = sum(1 for p in self._pending.values() if p.kind == "sync" and p.network == network)
         if in_flight >= MAX_SYNCS_IN_FLIGHT:
             return math.inf
-        return pending.deadline - self.config.stream_timeout + SYNC_PATIENCE
+        return pending.deadline - self.config.stream_timeout + self._sync_patience
 
     def _start_sync(self, network: str, state: _NetworkState, peer: str, now: float, why: str) -> None:
         if state.syncing is not None:
             # One sync of a network at a time, but not one stuck behind a lost handshake (TCP
             # retries a SYN after 1, 2, 4, 8 s: under 10 % loss one sync in a thousand waited
-            # 15 s, and the network's repair with it). Unanswered after SYNC_PATIENCE, another
-            # peer is asked; the first is left to time out and its answer dropped. At most
-            # MAX_SYNCS_IN_FLIGHT are left so, and a join's (a whole table) is always waited for.
+            # 15 s, and the network's repair with it). Unanswered after our patience
+            # (`_sample_sync_rtt`), another peer is asked; the first's answer is still taken if it
+            # comes first (`_take_late_answer`). At most MAX_SYNCS_IN_FLIGHT are left so, and a
+            # join's (a whole table) is always waited for.
             if now < self._sync_patience_ends(network, state):
                 return
             self.count("syncs_abandoned_slow")
+            state.abandoned.add(state.syncing)
             state.syncing = None
         state.returned.discard(peer)
         addr = self.address_of(peer)
@@ -1176,7 +1215,8 @@ class Node:
                 peers = self._random_peers_in(network, 1)
                 if peers:
                     self._start_sync(network, state, peers[0], now, "retry")
-                else:  # no one left to ask: stop waiting (its late answer is dropped)
+                else:  # no one left to ask: stop waiting (its answer is still taken if it comes)
+                    state.abandoned.add(state.syncing)
                     state.syncing = None
             if now >= state.next_sync_at:
                 state.next_sync_at = now + self.config.bulk_sync_interval
