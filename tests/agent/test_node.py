@@ -11,7 +11,7 @@ import pytest
 from gossip_agent.core.config import local
 from gossip_agent.core.errors import LocalProtocolError
 from gossip_agent.core.membership import State
-from gossip_agent.core.node import MIN_SYNC_PATIENCE, SYNC_PATIENCE, SYNC_RTT_SAMPLES, Node
+from gossip_agent.core.node import CONNECT_SAMPLES, MIN_SYNC_PATIENCE, SYNC_PATIENCE, Node
 from gossip_agent.core.wire import (
     Ack,
     Alive,
@@ -376,17 +376,27 @@ def test_an_idle_agent_wakes_for_its_probes_not_for_gossip_rounds_and_checks_tab
     assert wire.keys("a", "net") == {"k"}
 
 
-def test_a_sync_unanswered_for_four_round_trips_gives_way_to_another_but_a_join_never():
+def test_a_sync_unconnected_for_four_connect_times_gives_way_to_another_but_a_join_never():
     wire = Wire(["a", "b", "c", "d", "e"])
     wire.form({"net": ["a", "b", "c", "d", "e"]})
     a = wire.nodes["a"]
-    for _ in range(SYNC_RTT_SAMPLES):
-        a._sample_sync_rtt(0.1)
+
+    def connects(*times: float) -> None:  # syncs whose handshakes took these times
+        for sid in list(a._pending):
+            a.on_stream_reply(sid, None, wire.now)  # none left in flight
+        for took in times:
+            a._start_sync("net", a.networks["net"], "b", wire.now - took, "digest")
+            sid = a.networks["net"].syncing
+            a.on_stream_sent(sid, wire.now)
+            a.on_stream_reply(sid, None, wire.now)
+        a.take_streams()
+
+    connects(*[0.1] * CONNECT_SAMPLES)
     state = a.networks["net"]
     now = wire.now
     a._start_sync("net", state, "b", now, "digest")
     stuck = state.syncing
-    a.take_streams()  # never delivered
+    a.take_streams()  # never connected
     a.tick(now + 0.39)
     assert state.syncing == stuck
     a.tick(now + 0.41)
@@ -398,16 +408,13 @@ def test_a_sync_unanswered_for_four_round_trips_gives_way_to_another_but_a_join_
     a.tick(now + 1.64)
     assert a.stats.get("syncs_retry") == 2
     # Patience stays within bounds: a lost segment's 200 ms, a lost SYN's second; the median
-    # does not heed the one sync in five that took a TCP timeout.
-    for rtt in [0.0] * SYNC_RTT_SAMPLES:
-        a._sample_sync_rtt(rtt)
-    assert a._sync_patience == MIN_SYNC_PATIENCE
-    for rtt in [1.2, 0.01, 0.01, 0.01] * (SYNC_RTT_SAMPLES // 4):
-        a._sample_sync_rtt(rtt)
-    assert a._sync_patience == MIN_SYNC_PATIENCE
-    for rtt in [2.0] * SYNC_RTT_SAMPLES:  # a loaded host answers slowly: it is waited for
-        a._sample_sync_rtt(rtt)
-    assert a._sync_patience == SYNC_PATIENCE
+    # does not heed the one handshake in ten that took a TCP timeout.
+    connects(*[0.0] * CONNECT_SAMPLES)
+    assert a._connect_patience == MIN_SYNC_PATIENCE
+    connects(*[1.2, 0.01, 0.01, 0.01] * (CONNECT_SAMPLES // 4))
+    assert a._connect_patience == MIN_SYNC_PATIENCE
+    connects(*[2.0] * CONNECT_SAMPLES)  # a loaded host connects slowly: it is waited for
+    assert a._connect_patience == SYNC_PATIENCE
     # A join's sync (a whole table) is waited for however long it takes.
     fresh = Wire(["p", "q"])
     fresh.form({"net2": ["q"]})
@@ -421,6 +428,25 @@ def test_a_sync_unanswered_for_four_round_trips_gives_way_to_another_but_a_join_
     assert "syncs_retry" not in p.stats
 
 
+def test_a_sync_whose_request_is_out_is_waited_for_a_second_however_fast_connects_were():
+    # On a loaded lab, connects take a millisecond and answers seconds: asking another peer after
+    # four connect times tripled the work of a heal that was short of CPU already.
+    wire = Wire(["a", "b", "c"])
+    wire.form({"net": ["a", "b", "c"]})
+    a = wire.nodes["a"]
+    state, now = a.networks["net"], wire.now
+    for _ in range(CONNECT_SAMPLES):
+        a.on_stream_sent(a._open_stream("sync", wire.addresses["b"], Ack(0), now, "b"), now + 0.001)
+    assert a._connect_patience == MIN_SYNC_PATIENCE
+    a._start_sync("net", state, "b", now, "digest")
+    (out,) = [s for s in a.take_streams() if s.id == state.syncing]
+    a.on_stream_sent(out.id, now + 0.001)
+    a.tick(now + 0.9)
+    assert "syncs_retry" not in a.stats
+    a.tick(now + 1.01)
+    assert a.stats.get("syncs_retry") == 1
+
+
 def test_the_answer_to_a_sync_given_up_as_slow_is_still_merged_when_it_comes_first():
     # Under loss a heal's repair waited for the last retry's answer: the earlier ones, slowed by
     # a TCP timeout, were dropped when they came (found by bench/heal_bench.py).
@@ -431,7 +457,7 @@ def test_the_answer_to_a_sync_given_up_as_slow_is_still_merged_when_it_comes_fir
     state, now = a.networks["net"], wire.now
     a._start_sync("net", state, "b", now, "digest")
     (slow,) = a.take_streams()
-    a.tick(now + a._sync_patience + 0.01)
+    a.tick(now + a._connect_patience + 0.01)
     assert a.stats.get("syncs_retry") == 1
     (retry,) = a.take_streams()  # not answered yet
     a.on_stream_reply(slow.id, b.handle_stream(slow.frame, now + 1.1), now + 1.1)

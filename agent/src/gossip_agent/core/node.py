@@ -63,12 +63,14 @@ from .wire import (
 
 MAX_OUT_OF_SCOPE_NETWORKS = 256
 HOT_ROUNDS = 10  # rounds after a table change during which the network's digest is gossiped
-# Seconds a sync may go unanswered before another peer is asked (`_start_sync`): four times the
-# median of recent syncs' round trips, within these bounds. TCP resends a lost SYN after 1 s, a
-# lost segment after 200 ms at the least; a loaded host answers slower, and is then waited for.
+# Seconds a sync may go unanswered before another peer is asked (`_start_sync`). Once its request
+# is out (connected and written), SYNC_PATIENCE: the peer has it, and TCP resends a lost segment
+# itself; asking another meanwhile only adds load. Before, four times the median of our recent
+# connects, within MIN_SYNC_PATIENCE and SYNC_PATIENCE: a handshake that long is most likely lost,
+# and TCP resends a lost SYN only after a second.
 SYNC_PATIENCE = 1.0
 MIN_SYNC_PATIENCE = 0.2
-SYNC_RTT_SAMPLES = 16
+CONNECT_SAMPLES = 16
 MAX_SYNCS_IN_FLIGHT = 3  # per network, the abandoned ones included
 MISMATCH_HOT_LIMIT = 30.0  # seconds a lasting digest difference keeps a network's digests going
 # Seconds a tombstone is held here whatever its delete's wall time says (`NetworkTable.reap`):
@@ -125,6 +127,7 @@ class _PendingStream:
     deadline: float
     why: str = ""  # what started a sync: join, digest, return, periodic
     seq: int = 0  # a ping's sequence number: only its Ack counts
+    sent: bool = False  # connected and the request written (`on_stream_sent`)
 
 
 @dataclass(slots=True)
@@ -217,8 +220,8 @@ class Node:
         self._eager_due: float | None = None
         self._streams: list[StreamRequest] = []
         self._pending: dict[int, _PendingStream] = {}
-        self._sync_rtts: deque[float] = deque(maxlen=SYNC_RTT_SAMPLES)
-        self._sync_patience = SYNC_PATIENCE
+        self._connect_times: deque[float] = deque(maxlen=CONNECT_SAMPLES)
+        self._connect_patience = SYNC_PATIENCE
         self._stream_ids = 0
         self._changes: list[Change | MemberChange] = []
         self._own_writes: list[TableEvent] = []
@@ -927,8 +930,6 @@ class Node:
         elif state is not None and sid in state.abandoned:
             state.abandoned.discard(sid)
             ours = data is not None and self._take_late_answer(state)
-        if data is not None and pending.kind == "sync":
-            self._sample_sync_rtt(now - (pending.deadline - self.config.stream_timeout))
         if data is None:
             self.count(f"streams_failed_{pending.kind}")
             if pending.why == "join" and state is not None:
@@ -976,13 +977,19 @@ class Node:
         for record in msg.attachments:
             self._on_attachment(record, now)
 
-    def _sample_sync_rtt(self, rtt: float) -> None:
-        """The median, not a mean: under loss one sync in five takes a TCP timeout more, and
-        those are what patience is to cut short, not to wait for."""
-        rtts = self._sync_rtts
-        rtts.append(rtt)
-        median = sorted(rtts)[len(rtts) // 2]
-        self._sync_patience = min(SYNC_PATIENCE, max(MIN_SYNC_PATIENCE, 4 * median))
+    def on_stream_sent(self, sid: int, now: float) -> None:
+        """A stream we opened is connected and its request written: the peer has it."""
+        pending = self._pending.get(sid)
+        if pending is None or pending.sent:
+            return
+        pending.sent = True
+        took = now - (pending.deadline - self.config.stream_timeout)
+        times = self._connect_times
+        times.append(took)
+        # The median, not a mean: under 10 % loss one handshake in ten takes a second more,
+        # and those are what patience is to cut short, not to wait for.
+        median = sorted(times)[len(times) // 2]
+        self._connect_patience = min(SYNC_PATIENCE, max(MIN_SYNC_PATIENCE, 4 * median))
 
     def _take_late_answer(self, state: _NetworkState) -> bool:
         """Whether the answer to a sync we gave up as slow is merged after all: it is what we
@@ -1008,14 +1015,15 @@ class Node:
         in_flight = sum(1 for p in self._pending.values() if p.kind == "sync" and p.network == network)
         if in_flight >= MAX_SYNCS_IN_FLIGHT:
             return math.inf
-        return pending.deadline - self.config.stream_timeout + self._sync_patience
+        patience = SYNC_PATIENCE if pending.sent else self._connect_patience
+        return pending.deadline - self.config.stream_timeout + patience
 
     def _start_sync(self, network: str, state: _NetworkState, peer: str, now: float, why: str) -> None:
         if state.syncing is not None:
             # One sync of a network at a time, but not one stuck behind a lost handshake (TCP
             # retries a SYN after 1, 2, 4, 8 s: under 10 % loss one sync in a thousand waited
             # 15 s, and the network's repair with it). Unanswered after our patience
-            # (`_sample_sync_rtt`), another peer is asked; the first's answer is still taken if it
+            # (SYNC_PATIENCE), another peer is asked; the first's answer is still taken if it
             # comes first (`_take_late_answer`). At most MAX_SYNCS_IN_FLIGHT are left so, and a
             # join's (a whole table) is always waited for.
             if now < self._sync_patience_ends(network, state):

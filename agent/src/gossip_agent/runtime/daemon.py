@@ -196,7 +196,10 @@ class Agent:
             node.count("journal_group_commits")
 
     async def _stream(self, request: StreamRequest) -> None:
-        reply = await self.transport.request(request.addr, request.frame)
+        def sent() -> None:
+            self.node.on_stream_sent(request.id, self.now())
+
+        reply = await self.transport.request(request.addr, request.frame, sent)
         self.node.on_stream_reply(request.id, reply, self.now())
         self._pump()
 

@@ -149,8 +149,11 @@ class Transport(asyncio.DatagramProtocol):
             finally:
                 writer.close()
 
-    async def request(self, addr: tuple[str, int], frame: bytes) -> bytes | None:
-        """Send one frame to a peer and return its reply frame, or None on any failure."""
+    async def request(
+        self, addr: tuple[str, int], frame: bytes, sent: Callable[[], None] | None = None
+    ) -> bytes | None:
+        """Send one frame to a peer and return its reply frame, or None on any failure. `sent` is
+        called once the frame is written to a connected socket (the peer's kernel has it)."""
         fault = self.faults.get(addr[0])
         if fault is not None:
             if fault.drop and self._rng.random() < fault.drop:
@@ -165,6 +168,8 @@ class Transport(asyncio.DatagramProtocol):
                     reader, writer = await asyncio.open_connection(addr[0], addr[1])
                     writer.write(self._frame(frame))
                     await writer.drain()
+                    if sent is not None:
+                        sent()
                     return await self._read_frame(reader, self.stream_timeout)
             except AuthError:
                 self.count("dropped_auth_failed")

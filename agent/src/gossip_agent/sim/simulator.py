@@ -39,7 +39,7 @@ from .partitions import partition
 from .schedule import TABLE, Schedule, Step
 
 PORT = 7946
-TICK, DATAGRAM, STREAM_REQUEST, STREAM_REPLY, CALL = range(5)
+TICK, DATAGRAM, STREAM_REQUEST, STREAM_REPLY, CALL, STREAM_SENT = range(6)
 Blocker = Callable[[str, str], bool]
 SLICE_TIME = 0.002  # virtual seconds a node spends merging one slice of a received sync
 CAPTURED = 2000  # datagrams kept (a uniform sample of all delivered) for replay faults
@@ -212,17 +212,17 @@ class Simulator:
                 low, high = max(low, step.low), max(high, step.high)
         return 1 - keep, 1 - single, 1 - intact, low, high
 
-    def _retransmissions(self) -> float:
-        """What a lossy link costs a stream one way: TCP resends a lost segment after a timeout
-        that doubles each time: 1 s for the handshake's, 200 ms (Linux's least) for data. Nothing
-        is lost but time."""
+    def _retransmissions(self) -> tuple[float, float]:
+        """What a lossy link costs a stream one way, (handshake, data): TCP resends a lost segment
+        after a timeout that doubles each time: 1 s for the handshake's, 200 ms (Linux's least)
+        for data. Nothing is lost but time."""
         loss = self._link()[0]
-        delay = 0.0
-        for timeout in (1.0, 0.2) if loss else ():
+        delays = [0.0, 0.0]
+        for i, timeout in enumerate((1.0, 0.2) if loss else ()):
             while self.net_rng.random() < loss and timeout <= 8.0:
-                delay += timeout
+                delays[i] += timeout
                 timeout *= 2
-        return delay
+        return delays[0], delays[1]
 
     def _corrupt(self, data: bytes) -> bytes:
         """Damage a datagram as a bad link or middlebox might: cut short, padded, or its envelope hit."""
@@ -260,8 +260,10 @@ class Simulator:
             if dst is None or dst in self.crashed or self._blocked(name, dst) or self._blocked(dst, name):
                 self._push(self.now + self.options.connect_timeout, STREAM_REPLY, name, request.id, None)
                 continue
-            delay = self.net_rng.uniform(self.options.latency_min, self.options.latency_max)
-            delay += len(request.frame) / self.options.bandwidth + self._retransmissions()
+            latency = self.net_rng.uniform(self.options.latency_min, self.options.latency_max)
+            handshake, data = self._retransmissions()
+            self._push(self.now + latency + handshake, STREAM_SENT, name, request.id)  # connected, written
+            delay = latency + handshake + data + len(request.frame) / self.options.bandwidth
             self._push(self.now + delay, STREAM_REQUEST, dst, name, request.id, request.frame)
         journal = self.journals[name]
         for event in node.take_own_writes():  # as the daemon journals them
@@ -751,7 +753,7 @@ class Simulator:
     def _handle(self, item: tuple[Any, ...]) -> None:
         """Deliver one datagram or stream event to a running node (or to a paused one's backlog)."""
         at, kind = item[0], item[2]
-        target = item[3]  # the receiver: dst of a datagram or request, src of a reply
+        target = item[3]  # the receiver: dst of a datagram or request, src of a reply or of a sent request
         if target in self.crashed:
             if kind == DATAGRAM:
                 self.dropped["crashed"] += 1
@@ -777,8 +779,10 @@ class Simulator:
             reply = self.nodes[dst].handle_stream(frame, at)
             self._flush(dst)
             delay = self.net_rng.uniform(self.options.latency_min, self.options.latency_max)
-            delay += len(reply) / self.options.bandwidth + self._retransmissions()
+            delay += len(reply) / self.options.bandwidth + sum(self._retransmissions())
             self._push(at + delay, STREAM_REPLY, src, sid, reply or None)
+        elif kind == STREAM_SENT:
+            self.nodes[item[3]].on_stream_sent(item[4], at)
         else:
             src, sid, reply = item[3], item[4], item[5]
             self.nodes[src].on_stream_reply(sid, reply, at)
