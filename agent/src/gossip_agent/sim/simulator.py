@@ -258,13 +258,13 @@ class Simulator:
         for request in node.take_streams():
             dst = self.by_address.get(request.addr)
             if dst is None or dst in self.crashed or self._blocked(name, dst) or self._blocked(dst, name):
-                self._push(self.now + self.options.connect_timeout, STREAM_REPLY, name, request.id, None)
+                self._push(self.now + self.options.connect_timeout, STREAM_REPLY, name, request.id, None, node)
                 continue
             latency = self.net_rng.uniform(self.options.latency_min, self.options.latency_max)
             handshake, data = self._retransmissions()
-            self._push(self.now + latency + handshake, STREAM_SENT, name, request.id)  # connected, written
+            self._push(self.now + latency + handshake, STREAM_SENT, name, request.id, node)  # connected, written
             delay = latency + handshake + data + len(request.frame) / self.options.bandwidth
-            self._push(self.now + delay, STREAM_REQUEST, dst, name, request.id, request.frame)
+            self._push(self.now + delay, STREAM_REQUEST, dst, name, request.id, request.frame, node)
         journal = self.journals[name]
         for event in node.take_own_writes():  # as the daemon journals them
             if event.network in node.networks:
@@ -545,7 +545,7 @@ class Simulator:
             network = sorted(target.networks)[0]
             push = SyncPush(network, (), {step.peer: (MAX_INT, 0)}, (step.peer,))
             self.forged += 1
-            self._push(self.now, STREAM_REQUEST, step.node, step.peer, 0, encode_frame(step.peer, push))
+            self._push(self.now, STREAM_REQUEST, step.node, step.peer, 0, encode_frame(step.peer, push), None)
             return
         if step.forgery == "incarnation":
             message = Suspect(step.peer, MAX_INT, step.peer)
@@ -758,7 +758,7 @@ class Simulator:
             if kind == DATAGRAM:
                 self.dropped["crashed"] += 1
             elif kind == STREAM_REQUEST:
-                self._push(at + self.options.connect_timeout, STREAM_REPLY, item[4], item[5], None)
+                self._push(at + self.options.connect_timeout, STREAM_REPLY, item[4], item[5], None, item[7])
             return
         if target in self.paused:
             self.paused[target].append(item)
@@ -780,13 +780,16 @@ class Simulator:
             self._flush(dst)
             delay = self.net_rng.uniform(self.options.latency_min, self.options.latency_max)
             delay += len(reply) / self.options.bandwidth + sum(self._retransmissions())
-            self._push(at + delay, STREAM_REPLY, src, sid, reply or None)
-        elif kind == STREAM_SENT:
-            self.nodes[item[3]].on_stream_sent(item[4], at)
-        else:
-            src, sid, reply = item[3], item[4], item[5]
-            self.nodes[src].on_stream_reply(sid, reply, at)
-            self._flush(src)
+            self._push(at + delay, STREAM_REPLY, src, sid, reply or None, item[7])
+        else:  # STREAM_SENT or STREAM_REPLY, to the process that opened the stream
+            opener = item[-1]
+            if opener is not None and self.nodes[target] is not opener:
+                return  # a former life's: a new life numbers its streams from 1 again
+            if kind == STREAM_SENT:
+                self.nodes[target].on_stream_sent(item[4], at)
+            else:
+                self.nodes[target].on_stream_reply(item[4], item[5], at)
+                self._flush(target)
 
     def run(self, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
         started = time.perf_counter()
