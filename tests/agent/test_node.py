@@ -467,11 +467,50 @@ def test_the_answer_to_a_sync_given_up_as_slow_is_still_merged_when_it_comes_fir
     assert a.stats.get("syncs_answered_late") == 1
     assert "dropped_stream_stale" not in a.stats
     peer = wire.nodes[wire.by_address[retry.addr[0]]]
-    a.on_stream_reply(retry.id, peer.handle_stream(retry.frame, now + 1.2), now + 1.2)  # taken too
+    a.on_stream_reply(retry.id, peer.handle_stream(retry.frame, now + 1.2), now + 1.2)
+    assert a.stats.get("dropped_stream_stale") == 1  # the same entries again: only the first is merged
+    assert not a.busy
+    assert not state.abandoned
+
+
+def test_a_first_answer_that_brings_nothing_does_not_displace_the_retry_in_flight():
+    # The slow sync's peer has left the network meanwhile: its answer ("not a member") is no
+    # answer, and the retry's, which has the entry, must still be merged (review).
+    wire = Wire(["a", "b", "c"])
+    wire.form({"net": ["a", "b", "c"]})
+    a, b, c = wire.nodes["a"], wire.nodes["b"], wire.nodes["c"]
+    c.networks["net"].table.apply(TableEvent("net", "t", "missed", b"v", "b", 10**6, 0, False), wire.now)
+    state, now = a.networks["net"], wire.now
+    a._start_sync("net", state, "b", now, "digest")
+    (slow,) = a.take_streams()
+    a._start_sync("net", state, "c", now + a._connect_patience + 0.01, "retry")
+    (retry,) = a.take_streams()
+    b.detach("net", now + 1.0, 0)
+    a.on_stream_reply(slow.id, b.handle_stream(slow.frame, now + 1.1), now + 1.1)
+    assert state.syncing == retry.id
+    a.on_stream_reply(retry.id, c.handle_stream(retry.frame, now + 1.2), now + 1.2)
     while a.busy:
         a.tick(now + 1.2)
-    assert a.stats.get("syncs_answered_late") == 2
+    assert "missed" in wire.keys("a", "net")
+
+
+def test_when_the_retry_answers_first_the_slow_syncs_answer_is_dropped():
+    wire = Wire(["a", "b", "c"])
+    wire.form({"net": ["a", "b", "c"]})
+    a, b = wire.nodes["a"], wire.nodes["b"]
+    state, now = a.networks["net"], wire.now
+    a._start_sync("net", state, "b", now, "digest")
+    (slow,) = a.take_streams()
+    a.tick(now + a._connect_patience + 0.01)
+    (retry,) = a.take_streams()
+    peer = wire.nodes[wire.by_address[retry.addr[0]]]
+    a.on_stream_reply(retry.id, peer.handle_stream(retry.frame, now + 1.0), now + 1.0)
+    while a.busy:
+        a.tick(now + 1.0)
     assert not state.abandoned
+    a.on_stream_reply(slow.id, b.handle_stream(slow.frame, now + 1.1), now + 1.1)
+    assert a.stats.get("dropped_stream_stale") == 1
+    assert "syncs_answered_late" not in a.stats
 
 
 def test_the_answer_to_a_suspecters_probe_carries_the_refutation():

@@ -183,6 +183,25 @@ def test_an_owner_that_dies_after_its_deletes_were_reaped_keeps_the_mark_over_th
     assert "x" not in empty.watermarks  # nothing of x held or reaped here: the mark would only grow
 
 
+def test_a_forgotten_owner_with_nothing_left_here_takes_its_mark_and_reaped_time_with_it():
+    t = _reaped_all_of_o()
+    t.apply(ev("j", "p", 2), 0)
+    t.watermarks["p"] = 2
+    t.forget_owner("o")
+    t.forget_owner("p")  # still holds an entry: kept
+    assert "o" not in t.watermarks
+    assert "o" not in t.reaped
+    assert t.watermarks["p"] == 2
+    assert set(t.sync_digest()) == {"p"}
+
+
+def test_a_full_owner_gone_meanwhile_is_not_dropped_by_a_delta_that_sent_none_of_it():
+    peer, stale = _reaped_all_of_o(), _missed_the_delete()
+    events, full = peer.delta_for(stale.sync_digest(requesting=True), held={})
+    stale.absorb(events, peer.sync_digest(), full, 0.0, lambda owner: owner != "o")
+    assert view(stale) == {("k", "o", b"v")}  # left to its withdrawal and reaping
+
+
 def test_absorb_skips_owners_that_are_gone_and_keeps_their_watermark_low():
     src, dst = NetworkTable("net"), NetworkTable("net")
     src.apply(ev("k", "dead", 5), 0)

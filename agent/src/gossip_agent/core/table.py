@@ -198,6 +198,14 @@ class NetworkTable:
                 changes.append(Change(self.network, key[0], key[1], entry.event, None, now))
         return changes
 
+    def forget_owner(self, owner: str) -> None:
+        """A member forgotten by membership (dead for `dead_retention`): nothing of it is left
+        here to guard, so its mark and reaped time go too; kept, they grew with every host ever
+        decommissioned, in every digest we send."""
+        if owner not in self._by_owner:
+            self.watermarks.pop(owner, None)
+            self.reaped.pop(owner, None)
+
     def keep_after_leaving(self, owner: str, now: float) -> None:
         """We left the network: every other owner's entries are withdrawn (hidden, and reaped in
         time), every mark but `owner`'s forgotten; `owner`'s entries and every tombstone stay. So,
@@ -357,6 +365,8 @@ class NetworkTable:
         changes = []
         # A full owner's entries the peer no longer has were superseded by tombstones it reaped.
         for owner, keys in full_keys.items():
+            if not owner_ok(owner):
+                continue  # gone meanwhile (sent with no entries, nothing in the delta said so)
             mark = peer.get(owner, (0, 0))[0]
             for key, entry in list(self._by_owner.get(owner, {}).items()):
                 if key not in keys and entry.event.lamport <= mark:

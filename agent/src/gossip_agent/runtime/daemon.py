@@ -198,6 +198,7 @@ class Agent:
     async def _stream(self, request: StreamRequest) -> None:
         def sent() -> None:
             self.node.on_stream_sent(request.id, self.now())
+            self._pump()  # the timer: patience may now end sooner
 
         reply = await self.transport.request(request.addr, request.frame, sent)
         self.node.on_stream_reply(request.id, reply, self.now())
