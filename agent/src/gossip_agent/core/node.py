@@ -1032,10 +1032,10 @@ class Node:
         if state.syncing is not None:
             # One sync of a network at a time, but not one stuck behind a lost handshake (TCP
             # retries a SYN after 1, 2, 4, 8 s: under 10 % loss one sync in a thousand waited
-            # 15 s, and the network's repair with it). Unanswered after our patience
-            # (SYNC_PATIENCE), another peer is asked; the first's answer is still taken if it
-            # comes first (`_take_late_answer`). At most MAX_SYNCS_IN_FLIGHT are left so, and a
-            # join's (a whole table) is always waited for.
+            # 15 s, and the network's repair with it). Unanswered after our patience (see
+            # SYNC_PATIENCE), another peer is asked; whichever answer comes first is merged
+            # (`_late_answer_welcome`). At most MAX_SYNCS_IN_FLIGHT are left so, and a join's (a
+            # whole table) is always waited for.
             if now < self._sync_patience_ends(network, state):
                 return
             self.count("syncs_abandoned_slow")
