@@ -1003,13 +1003,13 @@ class Node:
     def _late_answer_welcome(self, state: _NetworkState) -> bool:
         """Whether the answer to a sync we gave up as slow is merged after all: it is what we
         asked for (a TCP timeout held it up), and no answer of those we asked since is in (none
-        is being merged), nor is a join's whole table awaited. Dropped, a heal under loss waited
-        for the last retry's answer."""
+        is being merged), nor is a join's whole table being answered. Dropped, a heal under loss
+        waited for the last retry's answer."""
         current = state.syncing
         if current is None:
             return True
         pending = self._pending.get(current)
-        return pending is not None and pending.why != "join"
+        return pending is not None and not (pending.why == "join" and pending.sent)
 
     def _return_again(self, state: _NetworkState, pending: _PendingStream) -> None:
         """A sync with a returner brought nothing here (it failed, or its answer came second):
@@ -1020,7 +1020,9 @@ class Node:
     def _sync_patience_ends(self, network: str, state: _NetworkState) -> float:
         """When the network's sync in flight, unanswered, stops blocking another (see below)."""
         pending = None if state.syncing is None else self._pending.get(state.syncing)
-        if pending is None or pending.why == "join":  # none, being merged, or a whole table
+        # None, being merged, or a whole table being answered (a join's request that is out; one
+        # whose handshake is lost is asked of another member, as a join again).
+        if pending is None or (pending.why == "join" and pending.sent):
             return math.inf
         in_flight = sum(1 for p in self._pending.values() if p.kind == "sync" and p.network == network)
         if in_flight >= MAX_SYNCS_IN_FLIGHT:
@@ -1034,8 +1036,8 @@ class Node:
             # retries a SYN after 1, 2, 4, 8 s: under 10 % loss one sync in a thousand waited
             # 15 s, and the network's repair with it). Unanswered after our patience (see
             # SYNC_PATIENCE), another peer is asked; whichever answer comes first is merged
-            # (`_late_answer_welcome`). At most MAX_SYNCS_IN_FLIGHT are left so, and a join's (a
-            # whole table) is always waited for.
+            # (`_late_answer_welcome`). At most MAX_SYNCS_IN_FLIGHT are left so, and a join's
+            # whole table is waited for once its request is out.
             if now < self._sync_patience_ends(network, state):
                 return
             self.count("syncs_abandoned_slow")
@@ -1168,6 +1170,7 @@ class Node:
         """Our sync's response is merged: push back what the peer lacks."""
         state, peer = job.state, job.sender
         state.own_synced = True
+        state.needs_join_sync = False  # a join given up as slow may fail after this one came
         if job.response_to is not None and job.response_to.why == "return":
             # One returner's table holds what its side has (a heal brings a whole side back):
             # syncing with each of them again would mostly fetch the same entries. A returner
@@ -1232,7 +1235,8 @@ class Node:
             if state.syncing is not None and now >= self._sync_patience_ends(network, state):
                 peers = self._random_peers_in(network, 1)
                 if peers:
-                    self._start_sync(network, state, peers[0], now, "retry")
+                    stuck = self._pending[state.syncing]
+                    self._start_sync(network, state, peers[0], now, "join" if stuck.why == "join" else "retry")
                 else:  # no one left to ask: stop waiting (its answer is still taken if it comes)
                     state.abandoned.add(state.syncing)
                     state.syncing = None
