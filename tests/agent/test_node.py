@@ -432,6 +432,15 @@ def test_a_sync_unconnected_for_four_connect_times_gives_way_to_another_but_a_jo
     p.tick(fresh.now + 5.0)
     assert p.stats.get("syncs_join") == 2
     assert "syncs_retry" not in p.stats
+    # The second join is answered first; the first one failing after that starts no third.
+    (second,) = [s for s in p.take_streams() if s.id == joining.syncing]
+    q = fresh.nodes["q"]
+    p.on_stream_reply(second.id, q.handle_stream(second.frame, fresh.now + 5.1), fresh.now + 5.1)
+    while p.busy:
+        p.tick(fresh.now + 5.1)
+    p.on_stream_reply(first, None, fresh.now + 5.2)
+    p.tick(fresh.now + 5.3)
+    assert p.stats.get("syncs_join") == 2
 
 
 def test_a_sync_whose_request_is_out_is_waited_for_a_second_however_fast_connects_were():

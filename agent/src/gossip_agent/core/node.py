@@ -934,8 +934,8 @@ class Node:
             ours = late = self._late_answer_welcome(state)
         if data is None:
             self.count(f"streams_failed_{pending.kind}")
-            if pending.why == "join" and state is not None:
-                state.needs_join_sync = True  # try another member on the next tick
+            if pending.why == "join" and state is not None and not state.own_synced:
+                state.needs_join_sync = True  # try another member on the next tick (none merged yet)
             if state is not None:
                 # The returner may still be unreachable (a heal reaches hosts one by one): retry.
                 self._return_again(state, pending)
@@ -1170,7 +1170,7 @@ class Node:
         """Our sync's response is merged: push back what the peer lacks."""
         state, peer = job.state, job.sender
         state.own_synced = True
-        state.needs_join_sync = False  # a join given up as slow may fail after this one came
+        state.needs_join_sync = False  # the table is in: a join given up as slow may fail still
         if job.response_to is not None and job.response_to.why == "return":
             # One returner's table holds what its side has (a heal brings a whole side back):
             # syncing with each of them again would mostly fetch the same entries. A returner
