@@ -443,6 +443,57 @@ def test_a_sync_unconnected_for_four_connect_times_gives_way_to_another_but_a_jo
     assert p.stats.get("syncs_join") == 2
 
 
+def test_a_sync_waiting_behind_our_own_streams_is_given_patience_only_once_it_connects():
+    # A restart that joins a hundred networks at once queues most joins behind the transport's
+    # 64 streams: counted from the request, each was given up and asked again (review).
+    wire = Wire(["a", "b", "c"])
+    wire.form({"net": ["a", "b", "c"]})
+    a = wire.nodes["a"]
+    state, now = a.networks["net"], wire.now
+    a._start_sync("net", state, "b", now, "digest")
+    queued = state.syncing
+    assert queued is not None
+    a.take_streams()
+    a.on_stream_queued(queued)
+    a.tick(now + 5.0)
+    assert state.syncing == queued
+    a.on_stream_started(queued, now + 5.0)
+    a.tick(now + 5.0 + a._connect_patience - 0.01)
+    assert state.syncing == queued
+    a.tick(now + 5.0 + a._connect_patience + 0.01)
+    assert state.syncing != queued
+    assert a.stats.get("syncs_retry") == 1
+
+
+def test_a_join_replaced_by_a_return_sync_stays_a_join_and_its_first_answer_is_merged():
+    # A member came back while the join's handshake was lost: the sync that replaces it asks what
+    # the join asked (a whole table) and must be taken as one (tombstones aged, not pushed on as
+    # repair); and the join's own answer, if it comes first, is merged (review).
+    wire = Wire(["p", "q", "r"])
+    wire.form({"net": ["q", "r"]})
+    entry = TableEvent("net", "t", "k", b"v", "q", 10**6, 0, False)
+    for holder in ("q", "r"):
+        wire.nodes[holder].networks["net"].table.apply(entry, wire.now)
+    p = wire.nodes["p"]
+    p.attach("net", wire.now)
+    state, now = p.networks["net"], wire.now
+    (join,) = p.take_streams()
+    p._start_sync("net", state, "r", now + p._connect_patience + 0.01, "return")
+    assert p.stats.get("syncs_join") == 2
+    assert "syncs_return" not in p.stats
+    (replacement,) = p.take_streams()
+    p.on_stream_sent(replacement.id, now + 1.1)
+    peer = wire.nodes[wire.by_address[join.addr[0]]]
+    p.on_stream_reply(join.id, peer.handle_stream(join.frame, now + 1.2), now + 1.2)
+    while p.busy:
+        p.tick(now + 1.2)
+    assert "k" in wire.keys("p", "net")
+    assert p.stats.get("syncs_answered_late") == 1
+    r = wire.nodes["r"]
+    p.on_stream_reply(replacement.id, r.handle_stream(replacement.frame, now + 1.3), now + 1.3)
+    assert p.stats.get("dropped_stream_stale") == 1
+
+
 def test_a_sync_whose_request_is_out_is_waited_for_a_second_however_fast_connects_were():
     # On a loaded lab, connects take a millisecond and answers seconds: asking another peer after
     # four connect times tripled the work of a heal that was short of CPU already.

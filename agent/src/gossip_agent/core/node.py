@@ -128,6 +128,9 @@ class _PendingStream:
     why: str = ""  # what started a sync: join, digest, return, periodic
     seq: int = 0  # a ping's sequence number: only its Ack counts
     sent: bool = False  # connected and the request written (`on_stream_sent`)
+    # When its connect began: when it was asked for, or when our own transport took it from its
+    # queue (`on_stream_started`); None while it waits there (`on_stream_queued`).
+    connecting_since: float | None = None
 
 
 @dataclass(slots=True)
@@ -344,7 +347,9 @@ class Node:
     ) -> int:
         self._stream_ids += 1
         sid = self._stream_ids
-        self._pending[sid] = _PendingStream(kind, peer, network, now + self.config.stream_timeout, why, seq)
+        self._pending[sid] = _PendingStream(
+            kind, peer, network, now + self.config.stream_timeout, why, seq, connecting_since=now
+        )
         self._streams.append(StreamRequest(sid, addr, encode_frame(self.name, message)))
         self.count(f"streams_opened_{kind}")
         return sid
@@ -986,13 +991,28 @@ class Node:
         for record in msg.attachments:
             self._on_attachment(record, now)
 
+    def on_stream_queued(self, sid: int) -> None:
+        """A stream we opened waits for a slot of our own transport (a restart that joins many
+        networks at once): the peer is not slow, and no patience runs out on it there."""
+        pending = self._pending.get(sid)
+        if pending is not None and not pending.sent:
+            pending.connecting_since = None
+
+    def on_stream_started(self, sid: int, now: float) -> None:
+        """A stream that waited for a slot of our own transport now connects."""
+        pending = self._pending.get(sid)
+        if pending is not None and pending.connecting_since is None:
+            pending.connecting_since = now
+
     def on_stream_sent(self, sid: int, now: float) -> None:
         """A stream we opened is connected and its request written: the peer has it."""
         pending = self._pending.get(sid)
         if pending is None or pending.sent:
             return
         pending.sent = True
-        took = now - (pending.deadline - self.config.stream_timeout)
+        if pending.connecting_since is None:  # a transport that did not say it started
+            return
+        took = now - pending.connecting_since
         times = self._connect_times
         times.append(took)
         # The median, not a mean: under 10 % loss one handshake in ten takes a second more,
@@ -1003,13 +1023,9 @@ class Node:
     def _late_answer_welcome(self, state: _NetworkState) -> bool:
         """Whether the answer to a sync we gave up as slow is merged after all: it is what we
         asked for (a TCP timeout held it up), and no answer of those we asked since is in (none
-        is being merged), nor is a join's whole table being answered. Dropped, a heal under loss
-        waited for the last retry's answer."""
-        current = state.syncing
-        if current is None:
-            return True
-        pending = self._pending.get(current)
-        return pending is not None and not (pending.why == "join" and pending.sent)
+        is being merged). Dropped, a heal under loss waited for the last retry's answer; so did
+        a join for its replacement's whole table, which this answer makes stale."""
+        return state.syncing is None or state.syncing in self._pending
 
     def _return_again(self, state: _NetworkState, pending: _PendingStream) -> None:
         """A sync with a returner brought nothing here (it failed, or its answer came second):
@@ -1025,10 +1041,10 @@ class Node:
         if pending is None or (pending.why == "join" and pending.sent):
             return math.inf
         in_flight = sum(1 for p in self._pending.values() if p.kind == "sync" and p.network == network)
-        if in_flight >= MAX_SYNCS_IN_FLIGHT:
+        if in_flight >= MAX_SYNCS_IN_FLIGHT or pending.connecting_since is None:
             return math.inf
         patience = SYNC_PATIENCE if pending.sent else self._connect_patience
-        return pending.deadline - self.config.stream_timeout + patience
+        return pending.connecting_since + patience
 
     def _start_sync(self, network: str, state: _NetworkState, peer: str, now: float, why: str) -> None:
         if state.syncing is not None:
@@ -1041,6 +1057,8 @@ class Node:
             if now < self._sync_patience_ends(network, state):
                 return
             self.count("syncs_abandoned_slow")
+            if self._pending[state.syncing].why == "join":
+                why = "join"  # it asks what the join asked, a whole table, and is waited for so
             state.abandoned.add(state.syncing)
             state.syncing = None
         state.returned.discard(peer)
@@ -1235,8 +1253,7 @@ class Node:
             if state.syncing is not None and now >= self._sync_patience_ends(network, state):
                 peers = self._random_peers_in(network, 1)
                 if peers:
-                    stuck = self._pending[state.syncing]
-                    self._start_sync(network, state, peers[0], now, "join" if stuck.why == "join" else "retry")
+                    self._start_sync(network, state, peers[0], now, "retry")
                 else:  # no one left to ask: stop waiting (its answer is still taken if it comes)
                     state.abandoned.add(state.syncing)
                     state.syncing = None

@@ -196,11 +196,20 @@ class Agent:
             node.count("journal_group_commits")
 
     async def _stream(self, request: StreamRequest) -> None:
+        queued = self.transport.outbound_full()
+        if queued:  # behind our own streams: no patience runs out on it until it connects
+            self.node.on_stream_queued(request.id)
+
+        def started() -> None:
+            if queued:
+                self.node.on_stream_started(request.id, self.now())
+                self._pump()  # the timer: its patience runs from now
+
         def sent() -> None:
             self.node.on_stream_sent(request.id, self.now())
             self._pump()  # the timer: patience may now end sooner
 
-        reply = await self.transport.request(request.addr, request.frame, sent)
+        reply = await self.transport.request(request.addr, request.frame, sent, started)
         self.node.on_stream_reply(request.id, reply, self.now())
         self._pump()
 

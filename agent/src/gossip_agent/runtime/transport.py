@@ -149,11 +149,20 @@ class Transport(asyncio.DatagramProtocol):
             finally:
                 writer.close()
 
+    def outbound_full(self) -> bool:
+        """Whether a request now waits for another to end before it connects."""
+        return self._outbound.locked()
+
     async def request(
-        self, addr: tuple[str, int], frame: bytes, sent: Callable[[], None] | None = None
+        self,
+        addr: tuple[str, int],
+        frame: bytes,
+        sent: Callable[[], None] | None = None,
+        started: Callable[[], None] | None = None,
     ) -> bytes | None:
-        """Send one frame to a peer and return its reply frame, or None on any failure. `sent` is
-        called once the frame is written to a connected socket (the peer's kernel has it)."""
+        """Send one frame to a peer and return its reply frame, or None on any failure. `started`
+        is called once it has a slot of the `max_streams` and connects, `sent` once the frame is
+        written to a connected socket (the peer's kernel has it)."""
         fault = self.faults.get(addr[0])
         if fault is not None:
             if fault.drop and self._rng.random() < fault.drop:
@@ -162,6 +171,8 @@ class Transport(asyncio.DatagramProtocol):
             if fault.delay:
                 await asyncio.sleep(fault.delay)
         async with self._outbound:
+            if started is not None:
+                started()
             writer = None
             try:
                 async with asyncio.timeout(self.stream_timeout):
