@@ -23,7 +23,7 @@ $(SYSTEM_STAMP): Makefile
 $(STAMP): agent/pyproject.toml pyproject.toml $(SYSTEM_STAMP)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e './agent[fast,crypto]' -e '.[test]'
+	$(PY) -m pip install -q -e './agent[crypto]' -e '.[test]'
 	@# ansible.cfg finds mitogen's strategy here, whatever the Python version of the venv
 	ln -sfn "$$($(PY) -c 'import ansible_mitogen, os; print(os.path.dirname(ansible_mitogen.__file__))')/plugins/strategy" $(VENV)/mitogen-strategy
 	touch $(STAMP)

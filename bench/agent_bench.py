@@ -29,11 +29,16 @@ from gossip_agent.runtime.client import Session  # noqa: E402
 from tests.agent.agents import Cluster, wait_for  # noqa: E402
 
 TICKS = 100  # clock ticks per second, for /proc/<pid>/stat
+IDLE_WINDOW = 30.0  # seconds: an idle agent runs about a millisecond a second
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    """Time on a CPU, to the nanosecond where the kernel keeps schedstat (ticks are 10 ms)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+    except FileNotFoundError:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def rss_mib(pid: int) -> float:
@@ -156,11 +161,11 @@ def cluster_bench(agents: int) -> None:
             )
             pids = [a.process.pid for a in cluster.agents.values() if a.process]
             before = [cpu_seconds(p) for p in pids]
-            time.sleep(10)
-            idle = [(cpu_seconds(p) - b) / 10 * 100 for p, b in zip(pids, before, strict=True)]
+            time.sleep(IDLE_WINDOW)
+            idle = [(cpu_seconds(p) - b) / IDLE_WINDOW * 100 for p, b in zip(pids, before, strict=True)]
             print(
-                f"idle CPU per agent: mean {sum(idle) / len(idle):.2f}% max {max(idle):.2f}% of a core "
-                f"(over 10 s; /proc tick is 10 ms)"
+                f"idle CPU per agent: mean {sum(idle) / len(idle):.3f}% max {max(idle):.3f}% of a core "
+                f"(over {IDLE_WINDOW:.0f} s); RSS {rss_mib(pids[0]):.1f} MiB"
             )
             print(
                 f"\n{'entries':>8} {'create s':>12} {'delete s':>12} {'CPU-s all (new)':>16} "

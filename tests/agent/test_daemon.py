@@ -115,11 +115,17 @@ def test_garbage_datagrams_and_streams_are_counted_not_fatal(cluster):
             else:
                 tcp.sendall(b"GET / HTTP/1.0\r\n\r\n")
     assert target.api("GET", "/health")["status"] == "ready"
-    counters = wait_for(
-        lambda: (c := target.api("GET", "/stats")["counters"]).get("dropped_malformed", 0) > 1000 and c,
+    wait_for(
+        lambda: target.api("GET", "/stats")["counters"].get("dropped_malformed", 0) > 1000,
         20, "malformed datagrams to be counted",
     )  # fmt: skip
-    assert counters.get("dropped_stream_transport", 0) + counters.get("dropped_stream_malformed", 0) >= 600
+    # Every garbage stream is counted: unreadable, malformed, or refused while 64 were being read
+    # (asyncio accepts a burst of connections in one go).
+    streams = ("dropped_stream_transport", "dropped_stream_malformed", "streams_rejected_busy")
+    wait_for(
+        lambda: sum(target.api("GET", "/stats")["counters"].get(k, 0) for k in streams) >= 1000,
+        20, "every garbage stream to be counted",
+    )  # fmt: skip
     # Still a working member: a new entry still reaches the other agent.
     target.api("POST", "/networks/net/entries", {"entries": [{"table": "t", "key": "after", "value": "x"}]})
     wait_for(lambda: "after" in cluster.agents["a02"].keys("net"), 10, "a write after the garbage to spread")

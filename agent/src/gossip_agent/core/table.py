@@ -20,7 +20,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from hashlib import blake2b
+
+try:  # hashlib's blake2b is this one; importing hashlib also maps OpenSSL (~3.5 MiB of every agent)
+    from _blake2 import blake2b
+except ImportError:  # an interpreter without the builtin module
+    from hashlib import blake2b
 
 from .wire import OwnerDigest, TableEvent
 

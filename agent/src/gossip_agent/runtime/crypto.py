@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import os
 import time
@@ -91,6 +90,8 @@ def decode_key(text: str) -> bytes:
 
 
 def fingerprint(key: bytes) -> str:
+    import hashlib  # here: at import it maps OpenSSL into agents that have no keyring
+
     return hashlib.sha256(key).hexdigest()[:12]
 
 

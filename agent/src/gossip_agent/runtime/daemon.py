@@ -30,6 +30,9 @@ from .transport import LinkFault, Transport
 
 LAMPORT_LEASE = 10_000  # Lamport ticks leased per durable journal write
 JOURNAL_BACKOFF_MAX = 30.0  # seconds between retries of a journal that keeps failing
+# A timer due this much before the node's next deadline is left to fire: re-arming costs less than
+# a wakeup, but not on every datagram of a busy loop.
+LATE_TIMER_SLACK = 0.05
 log = logging.getLogger("gossip_agent")
 
 
@@ -65,8 +68,7 @@ class Agent:
             config.protocol.max_frame_bytes,
             config.protocol.stream_timeout,
         )
-        # Our own record of when the timer fires: uvloop returns a plain Handle, without when(),
-        # for a time already past.
+        # Our own record of when the timer fires (`_tick` measures a stalled loop by it).
         self._timer: asyncio.Handle | None = None
         self._timer_at = 0.0
         self._lamport_lease = 0
@@ -146,8 +148,10 @@ class Agent:
             elif change.after == State.SUSPECT:
                 node.count("member_suspected")
         if not self.stopping.is_set():
-            deadline = node.next_deadline()
-            if self._timer is None or self._timer_at > deadline + 0.001:
+            deadline = min(node.next_deadline(), self._next_journal_prune)
+            # Re-armed when due sooner, and when due much later: a probe answered in time leaves
+            # the timer at its timeout, and an idle agent woke for nothing once a probe.
+            if self._timer is None or not -0.001 <= deadline - self._timer_at <= LATE_TIMER_SLACK:
                 if self._timer is not None:
                     self._timer.cancel()
                 self._timer_at = max(deadline, self.now())
