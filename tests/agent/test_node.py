@@ -443,6 +443,30 @@ def test_a_sync_unconnected_for_four_connect_times_gives_way_to_another_but_a_jo
     assert p.stats.get("syncs_join") == 2
 
 
+def test_a_sync_with_a_returner_fetches_its_side_and_leaves_ours_to_its_own_sync():
+    # After a heal every host syncs with a returner of the other side: pushing our side back to
+    # the returner as well brought each host the other side's writes twice.
+    wire = Wire(["a", "b"])
+    wire.form({"net": ["a", "b"]})
+    a, b = wire.nodes["a"], wire.nodes["b"]
+    a.networks["net"].table.apply(TableEvent("net", "t", "ours", b"v", "a", 10**6, 0, False), wire.now)
+    b.networks["net"].table.apply(TableEvent("net", "t", "theirs", b"v", "b", 10**6, 0, False), wire.now)
+    pushes = a.stats.get("streams_opened_sync-push", 0)
+    a._start_sync("net", a.networks["net"], "b", wire.now, "return")
+    wire.deliver()
+    assert "theirs" in wire.keys("a", "net")
+    assert "ours" not in wire.keys("b", "net")
+    assert a.stats.get("streams_opened_sync-push", 0) == pushes
+    b._start_sync("net", b.networks["net"], "a", wire.now, "return")
+    wire.deliver()
+    assert "ours" in wire.keys("b", "net")
+    # A sync for any other reason still pushes back what the peer lacks.
+    a.networks["net"].table.apply(TableEvent("net", "t", "more", b"v", "a", 2 * 10**6, 0, False), wire.now)
+    a._start_sync("net", a.networks["net"], "b", wire.now, "digest")
+    wire.deliver()
+    assert "more" in wire.keys("b", "net")
+
+
 def test_a_sync_waiting_behind_our_own_streams_is_given_patience_only_once_it_connects():
     # A restart that joins a hundred networks at once queues most joins behind the transport's
     # 64 streams: counted from the request, each was given up and asked again (review).

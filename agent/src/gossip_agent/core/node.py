@@ -1200,6 +1200,12 @@ class Node:
         in_full = set(full)
         events = [e for e in events if e.owner in in_full or (e.table, e.key, e.lamport) not in job.received]
         addr = self.address_of(peer)
+        if job.response_to is not None and job.response_to.why == "return":
+            # The returner saw us come back as we saw it, and syncs with one of our side itself:
+            # pushed back as well, every host got the other side's writes twice. One that does not
+            # (our death was news only here, or its sync failed) gossips a digest that differs
+            # from ours, and that starts a sync.
+            addr = None
         digest = self._sync_digest(state)
         if addr is not None and (events or full or digest != job.digest):
             self.count("sync_entries_out", len(events))
