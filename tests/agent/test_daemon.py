@@ -9,6 +9,8 @@ import signal
 import socket
 import sqlite3
 import struct
+import threading
+import time
 
 import pytest
 
@@ -85,6 +87,30 @@ def test_crash_restart_and_graceful_leave(cluster):
     leaver.start()  # a graceful restart: the new life must overturn the leave of the old one
     for agent in others[:3]:
         wait_for(lambda a=agent: a.states().get("a05") == "alive", 15, f"{agent.name} to see a05 back")
+
+
+def test_a_starting_agent_is_in_its_networks_before_its_socket_opens(cluster):
+    # A restarted agent's peers go on pushing its networks' events to it: read before its
+    # networks were attached, they were dropped as out of scope (the lab's scope check failed).
+    agent = cluster.add("a01", 1, networks=[{"id": "net"}])
+    addr = (agent.address, 7946)
+    event = wire.encode_datagram("a02", [wire.TableEvent("net", "t", "k", b"v", "a02", 5, 0, False)])
+    done = threading.Event()
+
+    def flood() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            while not done.is_set():
+                udp.sendto(event, addr)
+                time.sleep(0.0002)
+
+    sender = threading.Thread(target=flood)
+    sender.start()
+    try:
+        agent.start()
+    finally:
+        done.set()
+        sender.join()
+    assert agent.api("GET", "/stats").get("out_of_scope_by_network", {}) == {}
 
 
 def test_garbage_datagrams_and_streams_are_counted_not_fatal(cluster):

@@ -346,7 +346,8 @@ class Agent:
             delay = min(delay * 2, 30.0)
 
     async def run(self, on_ready: Any = None) -> int:
-        await self.transport.start()
+        # In our networks before the socket opens: peers go on pushing to a restarted agent, and
+        # what was read before its networks were attached was dropped as out of scope.
         saved = {n.id: n for n in self.journal.networks()}
         for network in sorted({n.id for n in self.config.networks} | set(saved)):
             self.node.attach(network, self.now())
@@ -354,6 +355,7 @@ class Agent:
         if own:
             self.node.restore(own, self.now(), self.wall_ms())
             log.info("restored %d own entries from the journal", len(own))
+        await self.transport.start()
         for network in sorted(self.node.networks):  # restore may have attached one more
             self._program(self._params(saved.get(network, NetworkConfig(network))))
         self.dataplane.start()
