@@ -460,11 +460,32 @@ def test_a_sync_with_a_returner_fetches_its_side_and_leaves_ours_to_its_own_sync
     b._start_sync("net", b.networks["net"], "a", wire.now, "return")
     wire.deliver()
     assert "ours" in wire.keys("b", "net")
+    # A returner that never syncs itself (it did not see us die) hears our digest, which differs
+    # from its own, and syncs: even when the return brought nothing new here (review: 23 s).
+    a.networks["net"].table.apply(TableEvent("net", "t", "later", b"v", "a", 2 * 10**6, 0, False), wire.now)
+    a.networks["net"].hot_until = b.networks["net"].hot_until = wire.now  # quiet
+    a._start_sync("net", a.networks["net"], "b", wire.now, "return")
+    wire.deliver()
+    assert "later" not in wire.keys("b", "net")
+    wire.run(2.0)
+    assert "later" in wire.keys("b", "net")
     # A sync for any other reason still pushes back what the peer lacks.
-    a.networks["net"].table.apply(TableEvent("net", "t", "more", b"v", "a", 2 * 10**6, 0, False), wire.now)
+    a.networks["net"].table.apply(TableEvent("net", "t", "more", b"v", "a", 3 * 10**6, 0, False), wire.now)
     a._start_sync("net", a.networks["net"], "b", wire.now, "digest")
     wire.deliver()
     assert "more" in wire.keys("b", "net")
+
+
+def test_a_return_sync_to_retry_wakes_the_node_at_the_next_gossip_round_not_the_next_probe():
+    # A failed return sync re-adds its returner for the next tick; an idle agent's timer waits
+    # for its next probe, up to 8 s on poor health, unless the sync to start is a deadline (review).
+    wire = Wire(["a", "b"])
+    wire.form({"net": ["a", "b"]})
+    a = wire.nodes["a"]
+    a.next_gossip_at = wire.now + 0.2
+    assert a.next_deadline() > a.next_gossip_at  # idle: no gossip round is due
+    a.networks["net"].returned.add("b")
+    assert a.next_deadline() <= a.next_gossip_at
 
 
 def test_a_sync_waiting_behind_our_own_streams_is_given_patience_only_once_it_connects():
@@ -479,12 +500,14 @@ def test_a_sync_waiting_behind_our_own_streams_is_given_patience_only_once_it_co
     assert queued is not None
     a.take_streams()
     a.on_stream_queued(queued)
-    a.tick(now + 5.0)
+    waited = a.config.stream_timeout + 5.0  # nor does its timeout: it would be sent all the same
+    a.tick(now + waited)
     assert state.syncing == queued
-    a.on_stream_started(queued, now + 5.0)
-    a.tick(now + 5.0 + a._connect_patience - 0.01)
+    assert "streams_failed_sync" not in a.stats
+    a.on_stream_started(queued, now + waited)
+    a.tick(now + waited + a._connect_patience - 0.01)
     assert state.syncing == queued
-    a.tick(now + 5.0 + a._connect_patience + 0.01)
+    a.tick(now + waited + a._connect_patience + 0.01)
     assert state.syncing != queued
     assert a.stats.get("syncs_retry") == 1
 

@@ -993,16 +993,19 @@ class Node:
 
     def on_stream_queued(self, sid: int) -> None:
         """A stream we opened waits for a slot of our own transport (a restart that joins many
-        networks at once): the peer is not slow, and no patience runs out on it there."""
+        networks at once): the peer is not slow, and neither patience nor its timeout runs out
+        on it there; given up, it would still be sent, and a whole table built for nothing."""
         pending = self._pending.get(sid)
         if pending is not None and not pending.sent:
             pending.connecting_since = None
+            pending.deadline = math.inf
 
     def on_stream_started(self, sid: int, now: float) -> None:
         """A stream that waited for a slot of our own transport now connects."""
         pending = self._pending.get(sid)
         if pending is not None and pending.connecting_since is None:
             pending.connecting_since = now
+            pending.deadline = now + self.config.stream_timeout
 
     def on_stream_sent(self, sid: int, now: float) -> None:
         """A stream we opened is connected and its request written: the peer has it."""
@@ -1199,14 +1202,16 @@ class Node:
         # would take the missing ones for reaped deletes and drop its own copies.
         in_full = set(full)
         events = [e for e in events if e.owner in in_full or (e.table, e.key, e.lamport) not in job.received]
-        addr = self.address_of(peer)
-        if job.response_to is not None and job.response_to.why == "return":
-            # The returner saw us come back as we saw it, and syncs with one of our side itself:
-            # pushed back as well, every host got the other side's writes twice. One that does not
-            # (our death was news only here, or its sync failed) gossips a digest that differs
-            # from ours, and that starts a sync.
-            addr = None
+        # The returner saw us come back as we saw it, and syncs with one of our side itself:
+        # pushed back as well, every host got the other side's writes twice. One that does not
+        # (our death was news only here, or its sync failed) hears our digest, which differs from
+        # its own, and that starts a sync: gossiped while this network is hot, which a return
+        # that brought us nothing new would not make it (review: 23 s, the periodic digest).
+        returning = job.response_to is not None and job.response_to.why == "return"
+        addr = None if returning else self.address_of(peer)
         digest = self._sync_digest(state)
+        if returning and digest != job.digest:
+            state.hot_until = max(state.hot_until, now + HOT_ROUNDS * self.config.gossip_interval)
         if addr is not None and (events or full or digest != job.digest):
             self.count("sync_entries_out", len(events))
             push = SyncPush(job.network, tuple(events), digest, tuple(full))
@@ -1230,9 +1235,22 @@ class Node:
         times.extend(self._sync_patience_ends(n, s) for n, s in self.networks.items() if s.syncing is not None)
         if self._pending:
             times.append(min(p.deadline for p in self._pending.values()))
+        if any(self._sync_to_start(n, s) for n, s in self.networks.items()):
+            times.append(self.next_gossip_at)  # at the next round, not at the next probe
         if self._absorbing:
             times.append(self._absorbing[0].queued_at)  # due at once: a slice per tick
         return min(times)
+
+    def _sync_to_start(self, network: str, state: _NetworkState) -> bool:
+        """A join or a return sync waits for the network's sync slot, which is free (one that
+        failed is asked again, of another member or of the returner), and someone can answer."""
+        if state.syncing is not None:
+            return False
+        if state.returned:
+            return True
+        if not state.needs_join_sync:
+            return False
+        return bool(self.peers_in(network))
 
     @property
     def busy(self) -> bool:

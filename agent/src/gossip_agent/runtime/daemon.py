@@ -200,12 +200,15 @@ class Agent:
             node.count("journal_group_commits")
 
     async def _stream(self, request: StreamRequest) -> None:
-        queued = self.transport.outbound_full()
-        if queued:  # behind our own streams: no patience runs out on it until it connects
+        waited = False
+
+        def queued() -> None:  # behind our own streams: no patience runs out on it until it connects
+            nonlocal waited
+            waited = True
             self.node.on_stream_queued(request.id)
 
         def started() -> None:
-            if queued:
+            if waited:
                 self.node.on_stream_started(request.id, self.now())
                 self._pump()  # the timer: its patience runs from now
 
@@ -213,7 +216,7 @@ class Agent:
             self.node.on_stream_sent(request.id, self.now())
             self._pump()  # the timer: patience may now end sooner
 
-        reply = await self.transport.request(request.addr, request.frame, sent, started)
+        reply = await self.transport.request(request.addr, request.frame, sent, queued, started)
         self.node.on_stream_reply(request.id, reply, self.now())
         self._pump()
 

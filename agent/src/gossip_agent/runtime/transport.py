@@ -149,20 +149,18 @@ class Transport(asyncio.DatagramProtocol):
             finally:
                 writer.close()
 
-    def outbound_full(self) -> bool:
-        """Whether a request now waits for another to end before it connects."""
-        return self._outbound.locked()
-
     async def request(
         self,
         addr: tuple[str, int],
         frame: bytes,
         sent: Callable[[], None] | None = None,
+        queued: Callable[[], None] | None = None,
         started: Callable[[], None] | None = None,
     ) -> bytes | None:
-        """Send one frame to a peer and return its reply frame, or None on any failure. `started`
-        is called once it has a slot of the `max_streams` and connects, `sent` once the frame is
-        written to a connected socket (the peer's kernel has it)."""
+        """Send one frame to a peer and return its reply frame, or None on any failure. `queued`
+        is called if it must wait for one of the `max_streams` slots, `started` once it has one
+        and connects, `sent` once the frame is written to a connected socket (the peer's kernel
+        has it)."""
         fault = self.faults.get(addr[0])
         if fault is not None:
             if fault.drop and self._rng.random() < fault.drop:
@@ -170,6 +168,8 @@ class Transport(asyncio.DatagramProtocol):
                 return None
             if fault.delay:
                 await asyncio.sleep(fault.delay)
+        if queued is not None and self._outbound.locked():
+            queued()
         async with self._outbound:
             if started is not None:
                 started()
