@@ -425,6 +425,8 @@ class Api:
             "api": {"requests": self.requests, "cpu_seconds": round(self.cpu_seconds, 3)},  # incl. this one
             "awareness": node.membership.awareness,  # Lifeguard local health: 0 is healthy
             "counters": dict(sorted(node.stats.items())),
+            # Datagrams the kernel dropped because we did not read them in time (None: unknown).
+            "udp_receive_drops": self.agent.transport.receive_drops(),
             "out_of_scope_by_network": dict(sorted(node.out_of_scope.items())),
             "queues": {"cluster": len(node.cluster_queue)},
             # Membership news pruned from a full queue (it travels by push-pull instead).

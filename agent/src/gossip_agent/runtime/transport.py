@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +25,12 @@ log = logging.getLogger("gossip_agent.transport")
 LENGTH = struct.Struct(">I")
 SEALED_PREFIX = HEADER + LENGTH.size + TAG  # a frame's length prefix, sealed on its own
 FIRST_BYTES_WAIT = 2.0  # seconds an inbound stream may take to send its (sealed) length prefix
+# Bytes of datagrams the kernel may hold for us while the loop is busy. The default (~200 KiB,
+# under a hundred full datagrams) overflows in a write burst on a loaded host, and what it drops
+# first is whatever comes next: probes and acks as much as table events, so members are
+# suspected only because we were busy. memberlist asks for 2 MiB for the same reason.
+UDP_RECEIVE_BUFFER = 4 << 20
+SO_RCVBUFFORCE = 33  # Linux: like SO_RCVBUF, past net.core.rmem_max, for CAP_NET_ADMIN
 
 
 @dataclass(slots=True)
@@ -59,6 +67,7 @@ class Transport(asyncio.DatagramProtocol):
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._udp, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.bind, self.port))
+        self._enlarge_receive_buffer(self._udp.get_extra_info("socket"))
         self._server = await asyncio.start_server(self._serve, self.bind, self.port, reuse_address=True)
 
     async def close(self) -> None:
@@ -69,6 +78,34 @@ class Transport(asyncio.DatagramProtocol):
             self._udp.close()
 
     # --- datagrams ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _enlarge_receive_buffer(sock: socket.socket) -> None:
+        """As root (the agent programs VXLAN, so it is) past rmem_max; otherwise up to it."""
+        for option in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, UDP_RECEIVE_BUFFER)
+                return
+            except OSError:
+                continue
+
+    def receive_drops(self) -> int | None:
+        """Datagrams the kernel dropped for a full receive buffer (the `drops` column of
+        /proc/net/udp for our socket), or None where that is not readable."""
+        if self._udp is None:
+            return None
+        sock = self._udp.get_extra_info("socket")
+        try:
+            inode = str(os.fstat(sock.fileno()).st_ino)
+            for table in ("/proc/net/udp", "/proc/net/udp6"):
+                with open(table) as lines:
+                    for line in lines:
+                        columns = line.split()
+                        if len(columns) > 12 and columns[9] == inode:
+                            return int(columns[12])
+        except (OSError, ValueError):
+            pass
+        return None
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
         if self.keyring is not None:
