@@ -369,6 +369,18 @@ class Lab:
             self.changed = True
         run("ip", "link", "set", self.bridge, "up")
 
+    def unpin(self, i: int) -> None:
+        """Give every process (every thread) of a host built before `use_every_cpu` the CPUs
+        that this machine's init has, so an existing lab is mended by the next run."""
+        cpus = os.sched_getaffinity(1)
+        for pid in run("ip", "netns", "pids", self.netns(i), check=False).stdout.split():
+            try:
+                for tid in os.listdir(f"/proc/{pid}/task"):
+                    if os.sched_getaffinity(int(tid)) != cpus:
+                        os.sched_setaffinity(int(tid), cpus)
+            except (OSError, ValueError):  # gone meanwhile
+                continue
+
     def remove_host(self, i: int, keep_disk: bool) -> None:
         """Stop the host and remove its namespaces and cgroups; its disk stays when it is rebuilt."""
         kind = self.kind(i)  # once: the loop below must not see the host change kind midway
@@ -665,6 +677,9 @@ def reconcile(module: AnsibleModule, lab: Lab, size: int, ssh_wait: int) -> dict
         lab.remove_host(i, keep_disk=lab.kind(i) == lab.init)
     for i in built:
         lab.create_host(i)
+    for i in range(1, size + 1):
+        if i not in built:
+            lab.unpin(i)
     if built or removed or lab.bridge_moved:  # before waiting: sshd's answers need them
         lab.write_neighbours(size)
     # Every host is waited for, not only new ones: a live host whose sshd is slow (a loaded box)
@@ -682,7 +697,15 @@ def reconcile(module: AnsibleModule, lab: Lab, size: int, ssh_wait: int) -> dict
     return {"changed": lab.changed, **names}
 
 
+def use_every_cpu() -> None:
+    """Run on the CPUs this machine's init has, which every process started from here inherits.
+    Mitogen pins the processes it starts, and on a 2-core machine that left every lab host (its
+    sshd, its agent) on one core while the other stood idle."""
+    os.sched_setaffinity(0, os.sched_getaffinity(1))
+
+
 def main() -> None:
+    use_every_cpu()
     module = AnsibleModule(
         argument_spec={
             "prefix": {"type": "str", "default": "sgl"},
