@@ -91,6 +91,8 @@ def test_every_host_runs_a_supervised_agent_in_its_own_namespaces(lab):
         assert host.file("/etc/gossip-agent/keyring.json").mode == 0o600
         assert host.file("/run/gossip-agent/api.sock").mode & 0o777 == 0o600
         assert "default" not in host.check_output("ip route")  # never a route out of the lab
+        # Every CPU this machine's init has, as a VM's processes would (mitogen had pinned them to one).
+        assert int(host.check_output("nproc")) == len(os.sched_getaffinity(1))
         members = json.loads(host.check_output("/opt/gossip-agent/venv/bin/gossip-agent ctl --json members"))
         assert {m["name"]: m["state"] for m in members} == {h: "alive" for h in all_hosts}
     assert len(set(addresses.values())) == SIZE
