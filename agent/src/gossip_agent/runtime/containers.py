@@ -250,6 +250,17 @@ def remove_namespaces(names: Sequence[str]) -> None:
         ip_batch([f"netns del {name}" for name in names], force=True)
 
 
+def remove_containers(containers: Sequence[Container], host_netns: str | None = None) -> None:
+    """Unplug each container, then delete its namespace. A namespace deleted while still plugged
+    in answers for that lingering moment: on the lab, a container pinged right after its delete
+    returned still replied. Deleting a veth's host side deletes both ends before `ip` returns."""
+    plugged = link_names(host_netns)
+    unplug = [f"link del {c.veth}" for c in containers if c.veth in plugged]
+    if unplug:
+        ip_batch(unplug, host_netns, force=True)
+    remove_namespaces([c.name for c in containers])
+
+
 def _make(net: Network, made: Sequence[Container], host_netns: str | None, progress: Callable[[str], None]) -> None:
     ip_batch([f"netns add {c.name}" for c in made])
     # The host's part in the host's namespace; container namespaces are found by name from there.
@@ -316,7 +327,7 @@ def create(
             _make(net, made, host_netns, progress)
             _register(call, net, made)
         except BaseException as exc:
-            left = _undo(call, net, made)
+            left = _undo(call, net, made, host_netns)
             if isinstance(exc, KernelError | ApiFailure | ApiUnavailable):
                 undone = f"undoing failed: {left}" if left else f"removed the {count} containers this call made"
                 raise ContainerFailure(f"{exc} ({undone})") from None
@@ -337,7 +348,7 @@ def _register(call: ApiCall, net: Network, made: Sequence[Container]) -> None:
     call("POST", f"/networks/{net.name}/entries", {"entries": entries})
 
 
-def _undo(call: ApiCall, net: Network, made: Sequence[Container]) -> str:
+def _undo(call: ApiCall, net: Network, made: Sequence[Container], host_netns: str | None) -> str:
     """Withdraw whatever endpoints of `made` the agent holds (a call that timed out may have written
     them), then remove their namespaces; what could not be undone ("" when everything was)."""
     left = []
@@ -350,7 +361,7 @@ def _undo(call: ApiCall, net: Network, made: Sequence[Container]) -> str:
         left.append(f"endpoints may still be registered: {exc}")
     existing = namespaces()
     try:
-        remove_namespaces([c.name for c in made if c.name in existing])
+        remove_containers([c for c in made if c.name in existing], host_netns)
     except KernelError as exc:
         left.append(f"namespaces may remain: {exc}")
     return "; ".join(left)
@@ -391,11 +402,16 @@ def _local(net: Network) -> dict[str, int]:
 
 
 def delete(
-    call: ApiCall, network: str, count: int | None = None, names: Sequence[str] = (), everything: bool = False
+    call: ApiCall,
+    network: str,
+    count: int | None = None,
+    names: Sequence[str] = (),
+    everything: bool = False,
+    host_netns: str | None = None,
 ) -> dict[str, Any]:
     """Delete the `count` highest-numbered containers, or those `names`, or `everything` (also
     endpoints whose namespace is gone): their endpoints first, so peers stop routing to them, then
-    their namespaces."""
+    the containers, unplugged before this returns. `host_netns` as for `create`."""
     if (count is not None) + bool(names) + everything != 1:
         raise ContainerError("say which containers to delete: --count N, --all or NAME...")
     if count is not None and count < 1:
@@ -423,7 +439,7 @@ def delete(
         if keys:
             call("DELETE", f"/networks/{network}/entries", {"entries": [{"table": TABLE, "key": k} for k in keys]})
         try:
-            remove_namespaces(sorted(doomed & set(local)))
+            remove_containers([net.container(local[name]) for name in sorted(doomed & set(local))], host_netns)
         except KernelError as exc:
             raise ContainerFailure(f"endpoints withdrawn, but removing the namespaces failed: {exc}") from None
     seconds = time.monotonic() - started
