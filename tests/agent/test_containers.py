@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -260,6 +261,62 @@ def test_create_wires_containers_into_the_bridge_and_delete_removes_them(make_ho
     deleted = ct.delete(agent, "ctnet", everything=True, host_netns=host)
     assert deleted["deleted"] == [names[0], names[2], f"gc-{vxlan_id}-36"]
     assert (ours(vxlan_id), agent.table) == ([], {})
+
+
+@pytest.mark.parametrize("seed", range(1, 7))
+def test_generated_creates_and_deletes_keep_kernel_and_table_in_step_with_a_model(make_host, seed):
+    """Random creates and deletes (by count, by name, everything), with namespaces lost and
+    endpoints withdrawn behind the command's back. After every step: the namespaces, the bridge's
+    ports and the registered endpoints are exactly the model's live containers, and a create takes
+    the lowest free indices (a deleted container's veth left plugged in would hold its index)."""
+    rng = random.Random(seed)
+    print(f"seed {seed}")
+    vxlan_id = 16777110 + seed
+    host = make_host(vxlan_id)
+    agent = StubAgent(vxlan_id, "198.19.252.0/24", host_index=2, per_host=8)
+    net = ct.describe(agent, "ctnet")
+    live: dict[str, str] = {}  # container -> address, while its namespace exists
+    registered: dict[str, str] = {}  # container -> address, while its endpoint is registered
+    for step in range(12):
+        free = [net.container(i) for i in net.indices if net.container(i).name not in live]
+        op = rng.choice(["create", "create", "count", "names", "everything", "lose-namespace", "withdraw"])
+        print(f"step {step}: {op} (live {sorted(live)})")
+        if op == "create" and free:
+            count = rng.randint(1, len(free))
+            made = ct.create(agent, "ctnet", count, host_netns=host)["created"]
+            assert [c["name"] for c in made] == [c.name for c in free[:count]]
+            live.update((c["name"], c["ip"]) for c in made)
+            registered.update((c["name"], c["ip"]) for c in made)
+        elif op == "count" and live:
+            count = rng.randint(1, len(live))
+            doomed = sorted(live, key=lambda name: net.index_of(name) or 0)[len(live) - count :]
+            assert sorted(ct.delete(agent, "ctnet", count=count, host_netns=host)["deleted"]) == sorted(doomed)
+            for name in doomed:
+                live.pop(name)
+                registered.pop(name, None)
+        elif op == "names" and (live or registered):
+            doomed = rng.sample(sorted(set(live) | set(registered)), rng.randint(1, len(set(live) | set(registered))))
+            ct.delete(agent, "ctnet", names=doomed, host_netns=host)
+            for name in doomed:
+                live.pop(name, None)
+                registered.pop(name, None)
+        elif op == "everything":
+            ct.delete(agent, "ctnet", everything=True, host_netns=host)
+            live.clear()
+            registered.clear()
+        elif op == "lose-namespace" and live:  # a crash took it, the endpoint stays registered
+            name = rng.choice(sorted(live))
+            veth = net.container(net.index_of(name) or 0).veth
+            ct.ip_batch([f"link del {veth}"], host)
+            ct.remove_namespaces([name])
+            live.pop(name)
+        elif op == "withdraw" and registered:  # its endpoint went, the namespace stays
+            name = rng.choice(sorted(registered))
+            del agent.table[registered.pop(name)]
+        assert set(ours(vxlan_id)) == set(live)
+        ports = {p["ifname"] for p in links(host, "master", net.bridge)}
+        assert ports == {net.container(net.index_of(n) or 0).veth for n in live}
+        assert set(agent.table) == set(registered.values())
 
 
 def test_a_failure_midway_removes_what_the_call_made(make_host):
