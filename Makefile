@@ -46,7 +46,7 @@ lint: $(STAMP)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/ansible-lint -q --profile production playbooks roles
 
 tests: $(STAMP)
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -m "not scale"
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(PY) -m pytest -m "not scale" --generated-seeds 1-4
 
 test: lint tests
 

@@ -1,6 +1,6 @@
 """Generated lab runs: the simulator's schedule generator drives the lab (lab/generated.py), and
-the same checker judges it. `make test` runs --generated-seeds (1); `make nightly` runs more on
-50 hosts. A failing seed replays with `python -m lab.experiment --random --seed N`."""
+the same checker judges it. `make test` runs seeds 1-4 (~22 s each on 8 hosts); `make nightly`
+runs more on 50 hosts. A failing seed replays with `python -m lab.experiment --random --seed N`."""
 
 from __future__ import annotations
 
