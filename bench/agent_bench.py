@@ -59,20 +59,37 @@ def converge(cluster: Cluster, expected: int, label: str) -> float:
     return time.monotonic() - started
 
 
+def last_arrival(cluster: Cluster, prefix: str, deleted: bool) -> float:
+    """Wall time the last agent took in the last version (entry or tombstone) of the keys under
+    `prefix`, from the agents' own record of when each version arrived: polling 30 agents takes
+    tens of milliseconds a round on 2 cores, which would be most of a 0.1 s figure."""
+    latest = 0
+    for agent in cluster.agents.values():
+        for entry in agent.api("GET", "/networks/net/entries?all=1")["entries"]:
+            if entry["key"].startswith(prefix) and entry["deleted"] == deleted:
+                latest = max(latest, entry["seen_wall_ms"])
+    return latest / 1000
+
+
 def churn_phase(cluster: Cluster, count: int, prefix: str) -> None:
     writer = cluster.agents["a01"]
     pids = [a.process.pid for a in cluster.agents.values() if a.process]
     before = sum(cpu_seconds(p) for p in pids)
     result = writer.ctl("churn", "net", "--count", str(count), "--prefix", prefix)
     assert result.returncode == 0, result.stderr
+    written = time.time()
     created = converge(cluster, count, f"{count} entries everywhere")
     cpu_create = sum(cpu_seconds(p) for p in pids) - before
     rss_writer, rss_reader = rss_mib(pids[0]), rss_mib(pids[-1])
+    created_exact = max(0.0, last_arrival(cluster, prefix, False) - written)
     result = writer.ctl("churn", "net", "--count", str(count), "--prefix", prefix, "--delete")
     assert result.returncode == 0, result.stderr
+    written = time.time()
     deleted = converge(cluster, 0, f"{count} deletes everywhere")
+    deleted_exact = max(0.0, last_arrival(cluster, prefix, True) - written)
     print(
-        f"{count:>8,} {created:>12.2f} {deleted:>12.2f} {cpu_create:>16.1f} {rss_writer:>11.1f} {rss_reader:>11.1f}",
+        f"{count:>8,} {created:>16.2f} {created_exact:>5.2f} {deleted:>16.2f} {deleted_exact:>5.2f} "
+        f"{cpu_create:>16.1f} {rss_writer:>11.1f} {rss_reader:>11.1f}",
         flush=True,
     )
 
@@ -95,6 +112,7 @@ def requests_phase(cluster: Cluster, count: int, writers: int, delete: bool) -> 
     cpu_before = sum(cpu_seconds(p) for p in pids)
     gossip_before, sync_before = received(cluster)
     failures: list[BaseException] = []
+    finished: list[float] = []  # wall time each writer's last request returned
 
     def write(name: str, index: int) -> None:
         try:
@@ -106,6 +124,7 @@ def requests_phase(cluster: Cluster, count: int, writers: int, delete: bool) -> 
                     else:
                         value = f"198.19.{(i >> 8) & 255}.{i & 255}/16 02:42:c6:13:{(i >> 8) & 255:02x}:{i & 255:02x}"
                         session.request("POST", "/networks/net/entries", {"entries": [{**entry, "value": value}]})
+            finished.append(time.time())
         except BaseException as exc:  # noqa: BLE001 - reported below
             failures.append(exc)
 
@@ -121,9 +140,10 @@ def requests_phase(cluster: Cluster, count: int, writers: int, delete: bool) -> 
     after = converge(cluster, 0 if delete else count, f"{count} {'deletes' if delete else 'entries'} everywhere")
     cpu = sum(cpu_seconds(p) for p in pids) - cpu_before
     gossip, sync = received(cluster)
+    exact = max(0.0, last_arrival(cluster, "req-", delete) - max(finished))
     needed = count * (len(cluster.agents) - 1)
     print(
-        f"{'delete' if delete else 'create':>7} {count:>7,} {count / written:>8,.0f} {after:>10.2f} "
+        f"{'delete' if delete else 'create':>7} {count:>7,} {count / written:>8,.0f} {after:>13.2f} {exact:>5.2f} "
         f"{(gossip - gossip_before) / needed:>7.2f} + {(sync - sync_before) / needed:<5.2f} {cpu:>9.1f}",
         flush=True,
     )
@@ -139,7 +159,8 @@ def requests_bench(agents: int, writers: int = 4) -> None:
                 f"\n## {agents} agents (lan profile), {writers} writers, one entry per request, kept-alive connections"
             )
             print(
-                f"{'':>7} {'entries':>7} {'req/s':>8} {'after s':>10} {'copies (gossip + sync)':>22} {'CPU-s all':>9}"
+                f"{'':>7} {'entries':>7} {'req/s':>8} {'after: polled':>13}/exact "
+                f"{'copies (gossip + sync)':>22} {'CPU-s all':>9}"
             )
             for count in (1000, 10_000):
                 requests_phase(cluster, count, writers, delete=False)
@@ -168,8 +189,8 @@ def cluster_bench(agents: int) -> None:
                 f"(over {IDLE_WINDOW:.0f} s); RSS {rss_mib(pids[0]):.1f} MiB"
             )
             print(
-                f"\n{'entries':>8} {'create s':>12} {'delete s':>12} {'CPU-s all (new)':>16} "
-                f"{'RSS wr MiB':>11} {'RSS rd MiB':>11}"
+                f"\n{'entries':>8} {'create s: polled':>16}/exact {'delete s: polled':>16}/exact "
+                f"{'CPU-s all (new)':>16} {'RSS wr MiB':>11} {'RSS rd MiB':>11}"
             )
             churn_phase(cluster, 1000, "small-")
             churn_phase(cluster, 10_000, "big-")
