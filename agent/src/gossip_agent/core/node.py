@@ -439,11 +439,12 @@ class Node:
         """A version new to us (our write, or first received from `sender`): pushed at once down
         the network's eager tree. What the tree misses (a datagram lost, a member dead or not yet
         known to someone) the digests of the next rounds reveal, and a sync repairs."""
-        encoded = encode_message(event)
         state.hot_until = now + HOT_ROUNDS * self.config.gossip_interval
         state.fresh_at = now
-        for target in self._tree_targets(event.network, event.owner):
-            if target != sender:
+        targets = [t for t in self._tree_targets(event.network, event.owner) if t != sender]
+        if targets:  # most members are leaves of the tree: nothing to encode
+            encoded = encode_message(event)
+            for target in targets:
                 self._push_eager(target, encoded, now)
 
     def _tree_targets(self, network: str, owner: str) -> list[str]:
