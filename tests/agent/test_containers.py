@@ -9,6 +9,7 @@ they made, also on failure.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -265,58 +266,93 @@ def test_create_wires_containers_into_the_bridge_and_delete_removes_them(make_ho
 
 @pytest.mark.parametrize("seed", range(1, 7))
 def test_generated_creates_and_deletes_keep_kernel_and_table_in_step_with_a_model(make_host, seed):
-    """Random creates and deletes (by count, by name, everything), with namespaces lost and
+    """Random creates and deletes (by count, by name, everything), with namespaces lost, veths
+    lost, namespaces unnamed while a process still holds them (plugged in, answering) and
     endpoints withdrawn behind the command's back. After every step: the namespaces, the bridge's
-    ports and the registered endpoints are exactly the model's live containers, and a create takes
-    the lowest free indices (a deleted container's veth left plugged in would hold its index)."""
+    ports and the registered endpoints are exactly the model's, and a create takes the lowest
+    free indices (a deleted container's veth left plugged in would hold its index)."""
     rng = random.Random(seed)
     print(f"seed {seed}")
     vxlan_id = 16777110 + seed
     host = make_host(vxlan_id)
     agent = StubAgent(vxlan_id, "198.19.252.0/24", host_index=2, per_host=8)
     net = ct.describe(agent, "ctnet")
-    live: dict[str, str] = {}  # container -> address, while its namespace exists
+    live: dict[str, str] = {}  # container -> address, while its namespace has its name
     registered: dict[str, str] = {}  # container -> address, while its endpoint is registered
-    for step in range(12):
-        free = [net.container(i) for i in net.indices if net.container(i).name not in live]
-        op = rng.choice(["create", "create", "count", "names", "everything", "lose-namespace", "withdraw"])
-        print(f"step {step}: {op} (live {sorted(live)})")
-        if op == "create" and free:
-            count = rng.randint(1, len(free))
-            made = ct.create(agent, "ctnet", count, host_netns=host)["created"]
-            assert [c["name"] for c in made] == [c.name for c in free[:count]]
-            live.update((c["name"], c["ip"]) for c in made)
-            registered.update((c["name"], c["ip"]) for c in made)
-        elif op == "count" and live:
-            count = rng.randint(1, len(live))
-            doomed = sorted(live, key=lambda name: net.index_of(name) or 0)[len(live) - count :]
-            assert sorted(ct.delete(agent, "ctnet", count=count, host_netns=host)["deleted"]) == sorted(doomed)
-            for name in doomed:
+    unplugged: set[str] = set()  # live containers whose veth is gone
+    held: dict[str, subprocess.Popen[bytes]] = {}  # unnamed namespaces a process holds: still plugged in
+
+    def gone(*names: str) -> None:  # deleted: not a trace of them may remain
+        for name in names:
+            live.pop(name, None)
+            registered.pop(name, None)
+            unplugged.discard(name)
+            if name in held:
+                stop(held.pop(name))
+
+    try:
+        for step in range(14):
+            free = [c for c in map(net.container, net.indices) if c.name not in live and c.name not in held]
+            plugged = sorted(set(live) - unplugged)
+            op = rng.choice(["create", "create", "count", "names", "everything", "lose-namespace", "lose-veth", "hold",
+                             "withdraw"])  # fmt: skip
+            print(f"step {step}: {op} (live {sorted(live)}, unplugged {sorted(unplugged)}, held {sorted(held)})")
+            if op == "create" and free:
+                count = rng.randint(1, len(free))
+                made = ct.create(agent, "ctnet", count, host_netns=host)["created"]
+                assert [c["name"] for c in made] == [c.name for c in free[:count]]
+                live.update((c["name"], c["ip"]) for c in made)
+                registered.update((c["name"], c["ip"]) for c in made)
+            elif op == "count" and live:
+                count = rng.randint(1, len(live))
+                doomed = sorted(live, key=lambda name: net.index_of(name) or 0)[len(live) - count :]
+                assert sorted(ct.delete(agent, "ctnet", count=count, host_netns=host)["deleted"]) == sorted(doomed)
+                gone(*doomed)
+            elif op == "names" and (live or registered):
+                known = sorted(set(live) | set(registered))
+                doomed = rng.sample(known, rng.randint(1, len(known)))
+                ct.delete(agent, "ctnet", names=doomed, host_netns=host)
+                gone(*doomed)
+            elif op == "everything":
+                ct.delete(agent, "ctnet", everything=True, host_netns=host)
+                gone(*live, *registered, *held)
+            elif op == "lose-namespace" and live:  # a crash took it, the endpoint stays registered
+                name = rng.choice(sorted(live))
+                if name not in unplugged:
+                    ct.ip_batch([f"link del {net.container(net.index_of(name) or 0).veth}"], host)
+                ct.remove_namespaces([name])
                 live.pop(name)
-                registered.pop(name, None)
-        elif op == "names" and (live or registered):
-            doomed = rng.sample(sorted(set(live) | set(registered)), rng.randint(1, len(set(live) | set(registered))))
-            ct.delete(agent, "ctnet", names=doomed, host_netns=host)
-            for name in doomed:
-                live.pop(name, None)
-                registered.pop(name, None)
-        elif op == "everything":
-            ct.delete(agent, "ctnet", everything=True, host_netns=host)
-            live.clear()
-            registered.clear()
-        elif op == "lose-namespace" and live:  # a crash took it, the endpoint stays registered
-            name = rng.choice(sorted(live))
-            veth = net.container(net.index_of(name) or 0).veth
-            ct.ip_batch([f"link del {veth}"], host)
-            ct.remove_namespaces([name])
-            live.pop(name)
-        elif op == "withdraw" and registered:  # its endpoint went, the namespace stays
-            name = rng.choice(sorted(registered))
-            del agent.table[registered.pop(name)]
-        assert set(ours(vxlan_id)) == set(live)
-        ports = {p["ifname"] for p in links(host, "master", net.bridge)}
-        assert ports == {net.container(net.index_of(n) or 0).veth for n in live}
-        assert set(agent.table) == set(registered.values())
+                unplugged.discard(name)
+            elif op == "lose-veth" and plugged:  # the namespace stays, unplugged
+                name = rng.choice(plugged)
+                ct.ip_batch(["link del eth0"], name)
+                unplugged.add(name)
+            elif op == "hold" and plugged:  # `ip netns del` while a process runs in it: it lives on
+                name = rng.choice(plugged)
+                holder = subprocess.Popen(["ip", "netns", "exec", name, "sleep", "300"])
+                held[name] = holder
+                wait_for(functools.partial(runs_in, holder.pid, name), 10, f"a process to run in {name}")
+                ct.remove_namespaces([name])
+                live.pop(name)
+            elif op == "withdraw" and registered:  # its endpoint went, the namespace stays
+                name = rng.choice(sorted(registered))
+                del agent.table[registered.pop(name)]
+            assert set(ours(vxlan_id)) == set(live)
+            ports = {p["ifname"] for p in links(host, "master", net.bridge)}
+            assert ports == {net.container(net.index_of(n) or 0).veth for n in (set(live) - unplugged) | set(held)}
+            assert set(agent.table) == set(registered.values())
+    finally:
+        for holder in held.values():
+            stop(holder)
+
+
+def runs_in(pid: int, netns: str) -> bool:
+    return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"{ct.NETNS_DIR}/{netns}").st_ino
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.kill()
+    process.wait()
 
 
 def test_a_failure_midway_removes_what_the_call_made(make_host):
@@ -327,6 +363,7 @@ def test_a_failure_midway_removes_what_the_call_made(make_host):
     with pytest.raises(ct.ContainerFailure, match=r"refused by the test \(removed the 5 containers this call made\)"):
         ct.create(agent, "ctnet", 5, host_netns=host)
     assert ours(vxlan_id) == []
+    assert not [link for link in ct.link_names(host) if link.startswith(f"gv{vxlan_id:x}-")]  # unplugged too
     agent.refuse_writes = False
     not_a_bridge = make_host(vxlan_id, bridge_kind="veth peer name gltest-ct-p")
     with pytest.raises(ct.ContainerFailure, match=f"'link set gv{vxlan_id:x}-1 master gbr-{vxlan_id} up'"):

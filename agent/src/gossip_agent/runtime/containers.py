@@ -215,9 +215,15 @@ def ip_batch(lines: Sequence[str], netns: str | None = None, force: bool = False
     raise KernelError(f"ip{where} {lines[int(failed.group(1)) - 1]!r}: {reason}")
 
 
-def link_names(netns: str | None = None) -> set[str]:
-    command = ["ip", *(["-n", netns] if netns else []), "-o", "link", "show"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=IP_TIMEOUT)
+def link_names(netns: str | None = None, master: str | None = None) -> set[str]:
+    """The links of namespace `netns` (None: ours), or only the ports of bridge `master`."""
+    command = ["ip", *(["-n", netns] if netns else []), "-o", "link", "show", *(["master", master] if master else [])]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=IP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise KernelError(f"{' '.join(command)} took more than {IP_TIMEOUT:.0f} s") from None
+    if result.returncode and master and "does not exist" in result.stderr:
+        return set()  # no such bridge: nothing is plugged into it
     if result.returncode:
         raise KernelError(f"{' '.join(command)}: {result.stderr.strip()}")
     # "7: gvfffc29-1@if2: <BROADCAST,...": the name is the second field, without its peer.
@@ -250,15 +256,32 @@ def remove_namespaces(names: Sequence[str]) -> None:
         ip_batch([f"netns del {name}" for name in names], force=True)
 
 
-def remove_containers(containers: Sequence[Container], host_netns: str | None = None) -> None:
-    """Unplug each container, then delete its namespace. A namespace deleted while still plugged
-    in answers for that lingering moment: on the lab, a container pinged right after its delete
-    returned still replied. Deleting a veth's host side deletes both ends before `ip` returns."""
-    plugged = link_names(host_netns)
-    unplug = [f"link del {c.veth}" for c in containers if c.veth in plugged]
-    if unplug:
-        ip_batch(unplug, host_netns, force=True)
-    remove_namespaces([c.name for c in containers])
+def remove_containers(net: Network, containers: Sequence[Container], host_netns: str | None = None) -> None:
+    """Unplug each container from the network's bridge, then delete its namespace; either may be
+    gone already. A namespace deleted while still plugged in answers for that lingering moment: on
+    the lab, a container pinged right after its delete returned still replied. Deleting a veth's
+    host side deletes both ends before `ip` returns. Only the bridge's ports are unplugged, never
+    a link of the same name that is not ours, and a port whose namespace is gone is unplugged too
+    (something may still hold that namespace, and it would answer). Both steps are tried; what
+    failed is raised after."""
+    failures = []
+    try:
+        plugged = {c.veth for c in containers} & link_names(host_netns, master=net.bridge)
+        if plugged:
+            try:
+                ip_batch([f"link del {veth}" for veth in sorted(plugged)], host_netns, force=True)
+            except KernelError:  # one went meanwhile (its namespace deleted elsewhere): only those left count
+                if plugged & link_names(host_netns, master=net.bridge):
+                    raise
+    except KernelError as exc:
+        failures.append(f"unplugging failed: {exc}")
+    existing = namespaces()
+    try:
+        remove_namespaces([c.name for c in containers if c.name in existing])
+    except KernelError as exc:
+        failures.append(str(exc))
+    if failures:
+        raise KernelError("; ".join(failures))
 
 
 def _make(net: Network, made: Sequence[Container], host_netns: str | None, progress: Callable[[str], None]) -> None:
@@ -359,9 +382,8 @@ def _undo(call: ApiCall, net: Network, made: Sequence[Container], host_netns: st
             call("DELETE", f"/networks/{net.name}/entries", {"entries": [{"table": TABLE, "key": k} for k in keys]})
     except (ApiFailure, ApiUnavailable) as exc:
         left.append(f"endpoints may still be registered: {exc}")
-    existing = namespaces()
     try:
-        remove_containers([c for c in made if c.name in existing], host_netns)
+        remove_containers(net, made, host_netns)
     except KernelError as exc:
         left.append(f"namespaces may remain: {exc}")
     return "; ".join(left)
@@ -422,8 +444,10 @@ def delete(
     with host_lock():
         local = _local(net)
         endpoints = own_endpoints(call, net)
-        if everything:
-            doomed = set(local) | set(endpoints)
+        if everything:  # and ports whose namespace's name is gone while something still holds it
+            ports = link_names(host_netns, master=net.bridge)
+            plugged = {c.name for c in map(net.container, net.indices) if c.veth in ports}
+            doomed = set(local) | set(endpoints) | plugged
         elif count is not None:
             if count > len(local):
                 raise ContainerError(f"cannot delete {count} containers of {network!r}: this host has {len(local)}")
@@ -438,10 +462,11 @@ def delete(
         keys = [endpoints[name]["ip"] for name in doomed if name in endpoints]
         if keys:
             call("DELETE", f"/networks/{network}/entries", {"entries": [{"table": TABLE, "key": k} for k in keys]})
+        indices = (net.index_of(name) for name in sorted(doomed))
         try:
-            remove_containers([net.container(local[name]) for name in sorted(doomed & set(local))], host_netns)
+            remove_containers(net, [net.container(i) for i in indices if i is not None], host_netns)
         except KernelError as exc:
-            raise ContainerFailure(f"endpoints withdrawn, but removing the namespaces failed: {exc}") from None
+            raise ContainerFailure(f"endpoints withdrawn, but removing the containers failed: {exc}") from None
     seconds = time.monotonic() - started
     order = sorted(doomed, key=lambda name: net.index_of(name) or 0)
     return {"network": network, "deleted": order, "endpoints": len(keys), "seconds": round(seconds, 3)}
