@@ -427,6 +427,7 @@ class Api:
             "counters": dict(sorted(node.stats.items())),
             # Datagrams the kernel dropped because we did not read them in time (None: unknown).
             "udp_receive_drops": self.agent.transport.receive_drops(),
+            "udp_receive_buffer": self.agent.transport.receive_buffer,  # bytes, as the kernel counts them
             "out_of_scope_by_network": dict(sorted(node.out_of_scope.items())),
             "queues": {"cluster": len(node.cluster_queue)},
             # Membership news pruned from a full queue (it travels by push-pull instead).

@@ -30,7 +30,8 @@ FIRST_BYTES_WAIT = 2.0  # seconds an inbound stream may take to send its (sealed
 # first is whatever comes next: probes and acks as much as table events, so members are
 # suspected only because we were busy. memberlist asks for 2 MiB for the same reason.
 UDP_RECEIVE_BUFFER = 4 << 20
-SO_RCVBUFFORCE = 33  # Linux: like SO_RCVBUF, past net.core.rmem_max, for CAP_NET_ADMIN
+# Linux: like SO_RCVBUF, past net.core.rmem_max, for CAP_NET_ADMIN (Python does not name it).
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
 @dataclass(slots=True)
@@ -62,12 +63,13 @@ class Transport(asyncio.DatagramProtocol):
         self.faults: dict[str, LinkFault] = {}
         self._rng = random.Random()
         self._udp: asyncio.DatagramTransport | None = None
+        self.receive_buffer: int | None = None  # bytes of datagrams the kernel holds for us
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._udp, _ = await loop.create_datagram_endpoint(lambda: self, local_addr=(self.bind, self.port))
-        self._enlarge_receive_buffer(self._udp.get_extra_info("socket"))
+        self.receive_buffer = self._enlarge_receive_buffer(self._udp.get_extra_info("socket"))
         self._server = await asyncio.start_server(self._serve, self.bind, self.port, reuse_address=True)
 
     async def close(self) -> None:
@@ -80,31 +82,40 @@ class Transport(asyncio.DatagramProtocol):
     # --- datagrams ------------------------------------------------------------------------------
 
     @staticmethod
-    def _enlarge_receive_buffer(sock: socket.socket) -> None:
-        """As root (the agent programs VXLAN, so it is) past rmem_max; otherwise up to it."""
+    def _enlarge_receive_buffer(sock: socket.socket) -> int:
+        """As root (the agent programs VXLAN, so it is) past rmem_max; otherwise up to it, and
+        said when that is less. Returns the bytes the kernel allows (it doubles what it is asked
+        for, for its own bookkeeping)."""
         for option in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
             try:
                 sock.setsockopt(socket.SOL_SOCKET, option, UDP_RECEIVE_BUFFER)
-                return
+                break
             except OSError:
                 continue
+        allowed = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        if allowed < UDP_RECEIVE_BUFFER:
+            log.warning(
+                "the kernel holds only %d KiB of datagrams for us (asked for %d): a burst on a busy host may "
+                "drop probes; run as root or raise net.core.rmem_max", allowed >> 10, UDP_RECEIVE_BUFFER >> 10
+            )
+        return allowed
 
     def receive_drops(self) -> int | None:
-        """Datagrams the kernel dropped for a full receive buffer (the `drops` column of
-        /proc/net/udp for our socket), or None where that is not readable."""
+        """Datagrams the kernel dropped for our socket (the `drops` column of /proc/net/udp: a
+        full receive buffer above all, also memory pressure or a bad checksum), or None where
+        that is not readable."""
         if self._udp is None:
             return None
-        sock = self._udp.get_extra_info("socket")
-        try:
-            inode = str(os.fstat(sock.fileno()).st_ino)
-            for table in ("/proc/net/udp", "/proc/net/udp6"):
+        inode = str(os.fstat(self._udp.get_extra_info("socket").fileno()).st_ino)
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            try:
                 with open(table) as lines:
                     for line in lines:
                         columns = line.split()
                         if len(columns) > 12 and columns[9] == inode:
                             return int(columns[12])
-        except (OSError, ValueError):
-            pass
+            except (OSError, ValueError):
+                continue
         return None
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
