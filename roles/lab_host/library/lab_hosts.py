@@ -375,11 +375,15 @@ class Lab:
         cpus = os.sched_getaffinity(1)
         for pid in run("ip", "netns", "pids", self.netns(i), check=False).stdout.split():
             try:
-                for tid in os.listdir(f"/proc/{pid}/task"):
-                    if os.sched_getaffinity(int(tid)) != cpus:
-                        os.sched_setaffinity(int(tid), cpus)
+                threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
             except (OSError, ValueError):  # gone meanwhile
                 continue
+            for tid in threads:
+                try:
+                    if os.sched_getaffinity(tid) != cpus:  # not a change of the lab's: its hosts are as they were
+                        os.sched_setaffinity(tid, cpus)
+                except OSError:  # gone meanwhile
+                    continue
 
     def remove_host(self, i: int, keep_disk: bool) -> None:
         """Stop the host and remove its namespaces and cgroups; its disk stays when it is rebuilt."""
@@ -705,7 +709,6 @@ def use_every_cpu() -> None:
 
 
 def main() -> None:
-    use_every_cpu()
     module = AnsibleModule(
         argument_spec={
             "prefix": {"type": "str", "default": "sgl"},
@@ -724,6 +727,10 @@ def main() -> None:
     p = module.params
     if os.geteuid() != 0:
         module.fail_json(msg="the local lab needs root (network and mount namespaces)")
+    try:
+        use_every_cpu()
+    except OSError as exc:  # a cpuset narrower than init's, say: the hosts keep this process's CPUs
+        module.warn(f"lab hosts may not run on every CPU: {exc}")
     # A lab keeps its kind: a run that names none (a plain lab-up.yml) reuses it, one that names
     # another would replace every host and its disk, so it is refused while hosts exist.
     recorded = recorded_kind(Path(p["state_dir"]))

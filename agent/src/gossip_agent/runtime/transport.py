@@ -95,8 +95,10 @@ class Transport(asyncio.DatagramProtocol):
         allowed = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         if allowed < UDP_RECEIVE_BUFFER:
             log.warning(
-                "the kernel holds only %d KiB of datagrams for us (asked for %d): a burst on a busy host may "
-                "drop probes; run as root or raise net.core.rmem_max", allowed >> 10, UDP_RECEIVE_BUFFER >> 10
+                "the kernel holds only %d KiB of datagrams for us (asked for %d KiB): a burst on a busy host may "
+                "drop probes; run as root or raise net.core.rmem_max",
+                allowed >> 10,
+                UDP_RECEIVE_BUFFER >> 10,
             )
         return allowed
 
