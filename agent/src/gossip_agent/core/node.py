@@ -459,10 +459,12 @@ class Node:
 
     def _repair_targets(self, network: str, owner: str) -> list[str]:
         """Where a version a digest's sync brought us goes: down our subtree, which lost it with
-        us, and where its writer's copy enters the tree (the root; the root's children when the
-        writer is the root), which send it on only if they lack it too (one copy otherwise). Lost
-        at its first hop (to a root unreachable while it looked alive, in a partition), a version
-        reached no one, and repaired one subtree at a time it took 7 s after a maelstrom heal."""
+        us, and where the writer's copy for the root enters the tree (the root; the root's children
+        when the writer is the root), which send it on unless they already did (one copy each
+        repairer otherwise). Lost on its way to the root (unreachable while it looked alive, in a
+        partition), a version reached no one but the writer's subtree, and repaired one subtree at
+        a time it took 7 s after a maelstrom heal. The writer's own subtree is not sent to: it
+        lost the version only if the writer's other datagrams were lost too."""
         targets = self._tree_targets(network, owner)
         _, root, top = self._tree(network)
         for entry in top if root == owner else (root,):
@@ -1166,7 +1168,8 @@ class Node:
             job.vouched.pop(owner, None)
             job.full_keys.pop(owner, None)
         # A digest's sync repairs what the tree missed, and a datagram of the tree lost here was
-        # lost to our whole subtree: what is new to us goes on down it (`_repair_targets`).
+        # lost to our whole subtree: what is new to us goes on down it, and to the tree's entry
+        # point in case it was lost there (`_repair_targets`).
         repairing = job.response_to is not None and job.response_to.why in ("digest", "retry")
         applied: list[TableEvent] | None = [] if repairing else None
         changes = state.table.merge(theirs, job.full_keys, now, owner_ok, applied)
