@@ -164,31 +164,6 @@ def test_a_sync_still_brings_what_the_tree_lost():
     assert b.stats.get("sync_entries_out", 0) == 10
 
 
-@pytest.mark.parametrize("writer_is_root", [False, True])
-def test_a_version_the_tree_lost_at_its_writer_reaches_everyone_from_one_repair(writer_is_root):
-    """Lost on its way to the root (a dropped datagram, or a partition's unreachable root that
-    still looked alive), a version reached no one but the writer's subtree (here empty: a leaf
-    writer); the first member to sync it from the writer sends it where the writer's copy for the
-    root enters the tree, and the tree does the rest."""
-    names = [f"h{i:02d}" for i in range(1, 17)]
-    wire = _quiet_wire(names, {"blue": names})
-    root = wire.nodes["h01"]._tree_place("blue")[1]
-    leaves = [n for n in names if n != root and not wire.nodes[n]._tree_place("blue")[0]]
-    writer = wire.nodes[root if writer_is_root else leaves[0]]
-    writer.write("blue", "t", "ep", b"v", wire.now, 0)
-    writer._flush_eager()
-    writer.take_datagrams()  # every copy lost
-    repairer = wire.nodes[next(n for n in leaves if n != writer.name)]  # its own subtree is empty
-    repairer._start_sync("blue", repairer.networks["blue"], writer.name, wire.now, "digest")
-    wire.deliver()
-    wire.run(0.1)
-    assert [n for n in names if "ep" not in wire.keys(n, "blue")] == []
-    assert sum(n.stats.get("events_duplicate", 0) for n in wire.nodes.values()) <= 1
-    # Each member's record of the root's children is the root's own.
-    top = wire.nodes[root]._tree_place("blue")[0]
-    assert all(n._tree_place("blue")[2] == top for n in wire.nodes.values())
-
-
 def test_a_difference_syncs_cannot_mend_stops_keeping_the_network_hot():
     """A tombstone reaped here and held there: syncs cannot mend it, and it must not keep us
     gossiping digests (and so everyone syncing) for ever: at most MISMATCH_HOT_LIMIT."""

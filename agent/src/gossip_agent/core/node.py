@@ -207,8 +207,7 @@ class Node:
         # other than us (cached; rebuilt when membership or attachments change).
         self.attachments: dict[tuple[str, str], NodeNetwork] = {}
         self._peers_cache: dict[str, list[str]] = {}
-        # network -> (our children, the root, the root's children): see `_tree_place`
-        self._tree_cache: dict[str, tuple[list[str], str, list[str]]] = {}
+        self._tree_cache: dict[str, tuple[list[str], str]] = {}  # network -> (our children, root)
         self.networks: dict[str, _NetworkState] = {}
         # What does not fit travels by push-pull: forged or storming news must not grow it for ever.
         self.cluster_queue = BroadcastQueue(MAX_CLUSTER_BACKLOG)
@@ -451,35 +450,17 @@ class Node:
     def _tree_targets(self, network: str, owner: str) -> list[str]:
         """Where a fresh event of `owner` goes from us: our children in the network's tree, and,
         for our own writes, its root; never back to the owner."""
-        children, root, _ = self._tree(network)
+        tree = self._tree_cache.get(network)
+        if tree is None:
+            tree = self._tree_cache[network] = self._tree_place(network)
+        children, root = tree
         targets = [c for c in children if c != owner]
         if owner == self.name and root != self.name:
             targets.append(root)
         return targets
 
-    def _repair_targets(self, network: str, owner: str) -> list[str]:
-        """Where a version a digest's sync brought us goes: down our subtree, which lost it with
-        us, and where the writer's copy for the root enters the tree (the root; the root's children
-        when the writer is the root), which send it on unless they already did (one copy each
-        repairer otherwise). Lost on its way to the root (unreachable while it looked alive, in a
-        partition), a version reached no one but the writer's subtree, and repaired one subtree at
-        a time it took 7 s after a maelstrom heal. The writer's own subtree is not sent to: it
-        lost the version only if the writer's other datagrams were lost too."""
-        targets = self._tree_targets(network, owner)
-        _, root, top = self._tree(network)
-        for entry in top if root == owner else (root,):
-            if entry not in (self.name, owner) and entry not in targets:
-                targets.append(entry)
-        return targets
-
-    def _tree(self, network: str) -> tuple[list[str], str, list[str]]:
-        tree = self._tree_cache.get(network)
-        if tree is None:
-            tree = self._tree_cache[network] = self._tree_place(network)
-        return tree
-
-    def _tree_place(self, network: str) -> tuple[list[str], str, list[str]]:
-        """Our children in the network's eager tree, its root, and the root's children.
+    def _tree_place(self, network: str) -> tuple[list[str], str]:
+        """Our children in the network's eager tree, and its root.
 
         The tree is a `tree_fanout`-ary heap over the network's live members in name order,
         rotated to start at a place drawn from the network's name (so one member is not the root
@@ -499,11 +480,8 @@ class Node:
         root = zlib.crc32(network.encode()) % size  # the tree's place p is members[(p + root) % size]
         place = (bisect_left(members, self.name) - root) % size
         fanout = self.config.tree_fanout
-
-        def children_at(at: int) -> list[str]:
-            return [members[(p + root) % size] for p in range(fanout * at + 1, min(size, fanout * (at + 1) + 1))]
-
-        return children_at(place), members[root], children_at(0)
+        children = [members[(p + root) % size] for p in range(fanout * place + 1, min(size, fanout * (place + 1) + 1))]
+        return children, members[root]
 
     def _forget_views(self, network: str | None = None) -> None:
         """Membership or attachments changed: peers and trees are computed anew when next needed."""
@@ -1168,8 +1146,7 @@ class Node:
             job.vouched.pop(owner, None)
             job.full_keys.pop(owner, None)
         # A digest's sync repairs what the tree missed, and a datagram of the tree lost here was
-        # lost to our whole subtree: what is new to us goes on down it, and to the tree's entry
-        # point in case it was lost there (`_repair_targets`).
+        # lost to our whole subtree: what is new to us goes on down it (children only).
         repairing = job.response_to is not None and job.response_to.why in ("digest", "retry")
         applied: list[TableEvent] | None = [] if repairing else None
         changes = state.table.merge(theirs, job.full_keys, now, owner_ok, applied)
@@ -1178,7 +1155,7 @@ class Node:
         for event in applied or ():
             state.table.entries[(event.table, event.key)].pushed = True
             encoded = encode_message(event)
-            for target in self._repair_targets(event.network, event.owner):
+            for target in self._tree_targets(event.network, event.owner):
                 self._push_eager(target, encoded, now)
         if end == len(job.entries):
             self._absorbing.popleft()
