@@ -304,3 +304,31 @@ def test_a_datagram_full_of_stale_accusations_gets_one_answer():
     for _ in range(60):
         m.on_suspect(Suspect("a", 2, "c"), 2.0)
     assert len(m.take_outbox()) == 1
+
+
+def test_a_member_we_hold_dead_that_talks_to_us_is_told_once_a_probe_interval():
+    """Its Dead went round while it was stalled: nothing else of ours would reach it but a
+    reconnect, to one dead member drawn at random a second."""
+    m = member_view("a")
+    m.on_dead(Dead("a", 1, "x"), 1.0)
+    m.take_broadcasts()
+    told = []
+    for now in (2.0, 2.1, 2.0 + CONFIG.probe_interval):
+        m.heard_from("a", now)
+        told += [msg for _, msg in m.take_outbox()]
+    assert told == [Dead("a", 1, "me")] * 2
+    m.heard_from("me", 9.0)  # no one else: not the living, not ourselves
+    assert m.take_outbox() == []
+
+
+def test_told_we_are_dead_we_refute_to_the_accuser_itself_and_again_if_it_missed_it():
+    m = member_view("a")
+    m.on_dead(Dead("me", 0, "a"), 1.0, direct=True)
+    assert m.incarnation == 1
+    assert m.take_outbox() == [(("10.0.0.9", 0), Alive("me", 1, ("10.0.0.1", 1)))]
+    m.on_dead(Dead("me", 0, "a"), 1.1 + CONFIG.probe_interval, direct=True)  # it missed our Alive
+    assert m.incarnation == 1, "a stale death is answered, not refuted again"
+    assert m.take_outbox() == [(("10.0.0.9", 0), Alive("me", 1, ("10.0.0.1", 1)))]
+    m.on_dead(Dead("me", 1, "b"), 9.0)  # relayed: refuted, but no datagram straight to anyone
+    assert m.incarnation == 2
+    assert m.take_outbox() == []

@@ -463,7 +463,7 @@ def test_a_sync_with_a_returner_fetches_its_side_and_leaves_ours_to_its_own_sync
     # A returner that never syncs itself (it did not see us die) hears our digest, which differs
     # from its own, and syncs: even when the return brought nothing new here (review: 23 s).
     a.networks["net"].table.apply(TableEvent("net", "t", "later", b"v", "a", 2 * 10**6, 0, False), wire.now)
-    a.networks["net"].hot_until = b.networks["net"].hot_until = wire.now  # quiet
+    a.networks["net"].hot_rounds = b.networks["net"].hot_rounds = 0  # quiet
     a._start_sync("net", a.networks["net"], "b", wire.now, "return")
     wire.deliver()
     assert "later" not in wire.keys("b", "net")

@@ -167,7 +167,7 @@ class Membership:
         self.forgotten: list[str] = []  # members dropped after dead_retention, for the node to clean up
         self._stream_probes: list[tuple[Address, Ping]] = []
         self._probes_started = 0
-        self._corrected: dict[str, float] = {}  # accuser -> when we last told it better
+        self._corrected: dict[str, float] = {}  # peer -> when we last told it better, unasked
 
     # --- outputs ------------------------------------------------------------------------------
 
@@ -294,21 +294,7 @@ class Membership:
         if not self._plausible(msg.node, msg.incarnation):
             return
         if msg.node == self.name:
-            if self.leaving:
-                return
-            if msg.incarnation >= self.incarnation:
-                self._refute(msg.incarnation)
-            else:
-                # Suspected at an incarnation we refuted already: the suspecter missed our Alive
-                # and would wait out its whole suspicion (up to a minute, unconfirmed). Say it
-                # again; the answer to its probe carries it (the queue keeps one per member).
-                self._broadcasts.append(Alive(self.name, self.incarnation, self.addr))
-            if direct:
-                # And to the accuser itself (once a probe interval): its reminders
-                # (`_remind_suspects`) are not probes, and no answer of ours would carry it
-                # there. Not for relayed accusations: a datagram of forged ones would have us
-                # send as many.
-                self._correct_accuser(msg.by, self.members[self.name], now)
+            self._answer_accusation(msg.incarnation, msg.by, now, direct)
             return
         member = self.members.get(msg.node)
         if member is None:
@@ -334,6 +320,43 @@ class Membership:
             self._suspicions[msg.node] = suspicion
             self._broadcasts.append(msg)
 
+    def _answer_accusation(self, incarnation: int, accuser: str, now: float, direct: bool) -> None:
+        """We are suspected or declared dead."""
+        if self.leaving:
+            return
+        if incarnation >= self.incarnation:
+            self._refute(incarnation)
+        else:
+            # Accused at an incarnation we refuted already: the accuser missed our Alive and
+            # would wait out its whole suspicion (up to a minute, unconfirmed), or hold us dead.
+            # Say it again; the answer to its probe carries it (the queue keeps one per member).
+            self._broadcasts.append(Alive(self.name, self.incarnation, self.addr))
+        if direct:
+            # And to the accuser itself (once a probe interval): its reminders
+            # (`_remind_suspects`, `heard_from`) are not probes, and no answer of ours would
+            # carry it there. Not for relayed accusations: a datagram of forged ones would have
+            # us send as many.
+            self._correct_accuser(accuser, self.members[self.name], now)
+
+    def heard_from(self, name: str, now: float) -> None:
+        """`name` sent us a datagram. One we hold dead is running, and does not know: its Dead
+        went round while it was stalled or cut off, and nothing of ours goes to the dead but
+        a reconnect now and then, to one dead member drawn at random (a lab CI run: a stalled
+        agent's one peer on its side of a partition held it dead, and ignored its writes, for
+        over 30 s). Tell it, once a probe interval, so that it refutes now."""
+        member = self.members.get(name)
+        if member is None or member.state != State.DEAD or self.leaving:
+            return
+        if now - self._corrected.get(name, -math.inf) < self.config.probe_interval:
+            return
+        self._note_corrected(name, now)
+        self._send(member.addr, Dead(name, member.incarnation, self.name))
+
+    def _note_corrected(self, peer: str, now: float) -> None:
+        if len(self._corrected) >= MAX_MEMBERS:
+            self._corrected.clear()
+        self._corrected[peer] = now
+
     def _correct_accuser(self, accuser: str, member: Member, now: float) -> None:
         """`accuser` suspects or buries `member` at an incarnation refuted already: it missed
         the refutation, and its suspicion (up to a minute unconfirmed) would keep the cluster
@@ -345,9 +368,7 @@ class Membership:
             return
         if now - self._corrected.get(accuser, -math.inf) < self.config.probe_interval:
             return
-        if len(self._corrected) >= MAX_MEMBERS:
-            self._corrected.clear()
-        self._corrected[accuser] = now
+        self._note_corrected(accuser, now)
         self._send(peer.addr, Alive(member.name, member.incarnation, member.addr))
 
     def _suspicion_deadline(self, suspicion: _Suspicion) -> float:
@@ -359,12 +380,12 @@ class Membership:
         fraction = math.log(confirmed + 1) / math.log(k + 1)
         return suspicion.started + max(low, high - (high - low) * fraction)
 
-    def on_dead(self, msg: Dead, now: float) -> None:
+    def on_dead(self, msg: Dead, now: float, direct: bool = False) -> None:
+        """`direct`: the accuser sent it itself (`heard_from`), not a relay."""
         if not self._plausible(msg.node, msg.incarnation):
             return
         if msg.node == self.name:
-            if not self.leaving and msg.incarnation >= self.incarnation:
-                self._refute(msg.incarnation)
+            self._answer_accusation(msg.incarnation, msg.by, now, direct)
             return
         member = self.members.get(msg.node)
         if member is None or member.state in GONE:
