@@ -342,7 +342,7 @@ def test_versions_held_above_the_mark_are_not_sent_again():
     assert sorted(e.lamport for e in events) == [6, 7, 8, 9, 10]
 
 
-def test_held_leaves_out_ourselves_unproven_withdrawn_owners_and_what_does_not_fit():
+def test_held_lists_all_our_own_versions_last_and_leaves_out_unproven_withdrawn_owners_and_what_does_not_fit():
     t = NetworkTable("net")
     for i in range(1, 4):
         t.apply(ev(f"a{i}", "a", i), 0)
@@ -350,8 +350,21 @@ def test_held_leaves_out_ourselves_unproven_withdrawn_owners_and_what_does_not_f
         t.apply(ev(f"me{i}", "me", i), 0)
         t.apply(ev(f"gone{i}", "gone", i), 0)
     t.withdraw_owner("gone", 0)
-    assert set(t.held_above(t.sync_digest(), 1000, skip="me")) == {"a", "b", "gone"}
+    digest = {o: (2, 0) for o in ("a", "b", "me", "gone")}
+    held = t.held_above(digest, 1000, own="me")
+    assert held == {"a": {3}, "b": {3}, "gone": {3}, "me": {1, 2, 3}}  # ours below the mark too
     t.settle({}, {}, 1.0, lambda owner: True)  # a peer that shows none of gone's versions
-    assert set(t.held_above(t.sync_digest(), 1000, skip="me")) == {"a", "b"}
-    assert sum(map(len, t.held_above({}, 4, skip="me").values())) <= 4
+    assert set(t.held_above(t.sync_digest(), 1000, own="me")) == {"a", "b", "me"}
+    assert set(t.held_above({}, 6, own="me")) == {"a", "b"}  # others first; ours did not fit
     assert t.held_above({}, 2) == {}  # three times per owner: none fits, each is sent whole
+
+
+def test_the_owner_is_shown_each_copy_in_its_name_it_does_not_hold_below_its_mark_too():
+    t = NetworkTable("net")
+    for i in range(1, 4):
+        t.apply(ev(f"me{i}", "me", i), 0)
+    mine = {1, 3}  # what the owner lists: version 2 is a former life's, or a forgery
+    events, _ = t.delta_for({"me": (10, 1)}, "me", {"me": mine})
+    assert [e.lamport for e in events] == [2]
+    events, _ = t.delta_for({"me": (10, 1)}, "other", {"me": mine})
+    assert events == [], "no one else is shown what lies below its mark"

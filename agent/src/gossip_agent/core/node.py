@@ -691,6 +691,11 @@ class Node:
                 # Ours now: our mark covers it, so peers' marks rise past it and no sync sends it
                 # round again after one of us reaped it.
                 marks = state.table.watermarks
+                if event.lamport < marks.get(self.name, 0):
+                    # Below our mark: a peer that synced with us since holds our mark, and no
+                    # sync would ever send it this (a forged one, generated seed 2545: digests
+                    # differed for good). The tree takes it to every member, marks or not.
+                    self._spread(state, event, now)
                 marks[self.name] = max(marks.get(self.name, 0), event.lamport)
             return
         self.clock.witness(event.lamport)
