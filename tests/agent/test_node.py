@@ -679,5 +679,8 @@ def test_a_copy_of_our_former_life_that_reached_a_peer_after_our_first_sync_is_u
     b.networks["net"].table.apply(TableEvent("net", "t", "old", b"v", "a", 1, 0, False), wire.now)  # below our mark
     a._start_sync("net", a.networks["net"], "b", wire.now, "digest")
     wire.deliver()
+    assert a.networks["net"].own_differs, "b's set of our entries differs from ours"
+    a._start_sync("net", a.networks["net"], "b", wire.now, "digest")  # the digests differ: again
+    wire.deliver()
     assert "old" not in wire.keys("b", "net")
     assert a.networks["net"].table.digest == b.networks["net"].table.digest

@@ -351,11 +351,12 @@ def test_held_lists_all_our_own_versions_last_and_leaves_out_unproven_withdrawn_
         t.apply(ev(f"gone{i}", "gone", i), 0)
     t.withdraw_owner("gone", 0)
     digest = {o: (2, 0) for o in ("a", "b", "me", "gone")}
-    held = t.held_above(digest, 1000, own="me")
+    assert t.held_above(digest, 1000, own="me") == {"a": {3}, "b": {3}, "gone": {3}}  # ours only when asked
+    held = t.held_above(digest, 1000, own="me", list_own=True)
     assert held == {"a": {3}, "b": {3}, "gone": {3}, "me": {1, 2, 3}}  # ours below the mark too
     t.settle({}, {}, 1.0, lambda owner: True)  # a peer that shows none of gone's versions
-    assert set(t.held_above(t.sync_digest(), 1000, own="me")) == {"a", "b", "me"}
-    assert set(t.held_above({}, 6, own="me")) == {"a", "b"}  # others first; ours did not fit
+    assert set(t.held_above(t.sync_digest(), 1000, own="me", list_own=True)) == {"a", "b", "me"}
+    assert set(t.held_above({}, 6, own="me", list_own=True)) == {"a", "b"}  # others first; ours did not fit
     assert t.held_above({}, 2) == {}  # three times per owner: none fits, each is sent whole
 
 
@@ -368,3 +369,19 @@ def test_the_owner_is_shown_each_copy_in_its_name_it_does_not_hold_below_its_mar
     assert [e.lamport for e in events] == [2]
     events, _ = t.delta_for({"me": (10, 1)}, "other", {"me": mine})
     assert events == [], "no one else is shown what lies below its mark"
+    t.watermarks["me"] = 10  # as complete as the owner by our mark, and still different:
+    events, _ = t.delta_for({"me": (10, 1)}, "me", {"me": mine})
+    assert sorted(e.lamport for e in events) == [1, 2, 3], "a version forged at a time it uses, too"
+
+
+def test_a_peer_as_complete_for_us_as_we_are_that_differs_is_sent_all_of_ours():
+    """A tombstone in our name reached us below our mark after the peer took that mark: no sync
+    would send it otherwise, and digests differed for ever (generated seed 2545)."""
+    t = NetworkTable("net")
+    for i in range(1, 4):
+        t.apply(ev(f"me{i}", "me", i), 0)
+    t.watermarks["me"] = 3
+    events, _ = t.delta_for({"me": (3, 1)}, "peer", None, own="me")
+    assert sorted(e.lamport for e in events) == [1, 2, 3]
+    events, _ = t.delta_for({"me": (2, 1)}, "peer", None, own="me")
+    assert [e.lamport for e in events] == [3], "a peer behind us gets what lies above its mark"

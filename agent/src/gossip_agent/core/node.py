@@ -161,6 +161,9 @@ class _NetworkState:
     # entries, so the first peer we sync with sends back every entry it holds in our name: what a
     # former life wrote (journal lost) or what we deleted before a detach must be seen to be undone.
     own_synced: bool = False
+    # The last sync's peer showed a set of our own entries unlike ours: our next request lists our
+    # versions, so that it sends us the copies in our name we lack (`held_above`).
+    own_differs: bool = False
     returned: set[str] = field(default_factory=set)  # members back from the dead, not yet synced with
 
 
@@ -691,11 +694,6 @@ class Node:
                 # Ours now: our mark covers it, so peers' marks rise past it and no sync sends it
                 # round again after one of us reaped it.
                 marks = state.table.watermarks
-                if event.lamport < marks.get(self.name, 0):
-                    # Below our mark: a peer that synced with us since holds our mark, and no
-                    # sync would ever send it this (a forged one, generated seed 2545: digests
-                    # differed for good). The tree takes it to every member, marks or not.
-                    self._spread(state, event, now)
                 marks[self.name] = max(marks.get(self.name, 0), event.lamport)
             return
         self.clock.witness(event.lamport)
@@ -917,10 +915,13 @@ class Node:
         elif isinstance(msg, SyncRequest):
             state = self.networks[msg.network]  # decode_frame refused networks we are not in
             self._heed_mark_for_us(state, msg.digest, now)
-            events, full = state.table.delta_for(msg.digest, sender, msg.held)
+            events, full = state.table.delta_for(msg.digest, sender, msg.held, self.name)
             self.count("sync_entries_out", len(events))
             digest = self._sync_digest(state)
-            held = state.table.held_above(digest, MAX_HELD, self.name)
+            # Our own versions listed only when the peer's set of them differs: its push back
+            # then shows us the copies in our name we lack (`delta_for`).
+            differs = msg.digest.get(self.name, (0, 0))[1] != state.table.hash_of(self.name)
+            held = state.table.held_above(digest, MAX_HELD, self.name, list_own=differs)
             reply = SyncResponse(msg.network, tuple(events), digest, tuple(full), True, held)
             self._expect_push(sender, msg.network, now)
         elif isinstance(msg, Ping):
@@ -1107,7 +1108,8 @@ class Node:
         if addr is None:
             return
         digest = self._sync_digest(state, requesting=True)
-        request = SyncRequest(network, digest, state.table.held_above(digest, MAX_HELD, self.name))
+        held = state.table.held_above(digest, MAX_HELD, self.name, list_own=state.own_differs)
+        request = SyncRequest(network, digest, held)
         state.syncing = self._open_stream("sync", addr, request, now, peer, network, why)
         self.count(f"syncs_{why}")
 
@@ -1131,6 +1133,8 @@ class Node:
             self.count("syncs_refused_backlog")
             return False
         self.count("sync_entries_in", len(entries))
+        if response_to is not None:
+            state.own_differs = digest.get(self.name, (0, 0))[1] != state.table.hash_of(self.name)
         self._heed_mark_for_us(state, digest, now)
         # A mark beyond our clock's window vouches for writes that cannot have happened; and no
         # peer vouches for our own entries.
@@ -1235,7 +1239,7 @@ class Node:
             # syncing with each of them again would mostly fetch the same entries. A returner
             # whose entries we now hold exactly as this peer does is not synced with again.
             state.returned = {r for r in state.returned if not state.table.holds_as(r, job.digest)}
-        events, full = state.table.delta_for(job.digest, peer, job.held)
+        events, full = state.table.delta_for(job.digest, peer, job.held, self.name)
         # What the peer just sent us it has; but a full owner's set must go whole, or the peer
         # would take the missing ones for reaped deletes and drop its own copies.
         in_full = set(full)

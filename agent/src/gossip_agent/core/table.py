@@ -276,15 +276,17 @@ class NetworkTable:
         """We hold the same entries of `owner` as a peer with digest `peer`, none withdrawn."""
         return owner not in self._withdrawn and self._owner_hash.get(owner, 0) == peer.get(owner, (0, 0))[1]
 
-    def held_above(self, digest: OwnerDigest, limit: int, own: str = "") -> dict[str, frozenset[int]]:
+    def held_above(
+        self, digest: OwnerDigest, limit: int, own: str = "", list_own: bool = False
+    ) -> dict[str, frozenset[int]]:
         """The Lamport times of the versions we hold above the marks of `digest` (ours, as sent),
         per owner, at most `limit` in all: they came by the tree, not by sync (marks rise only by
         sync), and a peer need not send them again. Withdrawn versions count: held hidden, they
         are shown again once the peer's set proves them current (`settle`); once a peer's set
-        did not, the owner's versions come whole, so a changed one replaces ours. For `own` (us),
-        every version, below the mark too, listed last: the peer then shows us each copy in our
-        name we do not hold (`delta_for`). An owner whose times do not fit is left out: the peer
-        sends it all (and our own, what it would have before the list)."""
+        did not, the owner's versions come whole, so a changed one replaces ours. Not for `own`
+        (us), unless `list_own`: then every version of ours, below the mark too, listed last, and
+        the peer shows us each copy in our name at a time we do not hold (`delta_for`). An owner
+        whose times do not fit is left out: the peer sends it all."""
         held: dict[str, frozenset[int]] = {}
         for owner, bucket in self._by_owner.items():
             if owner == own or owner in self._unproven:
@@ -295,23 +297,35 @@ class NetworkTable:
                 held[owner] = times
                 limit -= len(times)
         mine = frozenset(e.event.lamport for e in self._by_owner.get(own, {}).values())
-        if own and len(mine) <= limit:
+        if list_own and own and len(mine) <= limit:
             held[own] = mine
         return held
 
+    def hash_of(self, owner: str) -> int:
+        """The hash of `owner`'s versions we show, as our digest gives it."""
+        return self._owner_hash.get(owner, 0)
+
     def delta_for(
-        self, peer: OwnerDigest, peer_name: str = "", held: Mapping[str, Collection[int]] | None = None
+        self,
+        peer: OwnerDigest,
+        peer_name: str = "",
+        held: Mapping[str, Collection[int]] | None = None,
+        own: str = "",
     ) -> tuple[list[TableEvent], list[str]]:
         """Entries a peer with digest `peer` lacks, and the owners sent in full. Versions the peer
         says it `held` above its mark are not sent (an owner sent in full goes whole).
 
         To the owner itself (`peer_name`) we also send what we hold *below* its mark that it does
         not: a former life's entries, deletes whose tombstones never reached us, forgeries; only
-        the owner can undo them (it answers with newer versions). No one else is shown them. It
-        lists every version it holds (`held_above`), so those are exactly what we send. Without
-        the list (too many), all we hold of it when we claim to be as complete as it is and still
-        differ; but a copy that came here by rumour after the owner's first sync, below our mark
-        (a datagram of its former life, delayed or replayed), differed for ever."""
+        the owner can undo them (it answers with newer versions). No one else is shown them. When
+        we claim to be as complete as it is and still differ, all we hold of it (a version forged
+        at a time it uses differs only in content); otherwise, if it listed every version it
+        holds (`held_above`), those at times it does not hold: a former life's copy that came
+        here by rumour after its first sync, below its mark and above ours, differed for ever.
+
+        And ours (`own`) all, to a peer that claims to be as complete for us as we are and still
+        differs: it lacks a version below our mark (a tombstone in our name that reached us
+        after the peer took our mark), which no other sync would send it."""
         events: list[TableEvent] = []
         full: list[str] = []
         for owner, bucket in self._by_owner.items():
@@ -321,11 +335,13 @@ class NetworkTable:
             if mark < self.reaped.get(owner, 0):
                 full.append(owner)
                 events.extend(e.event for e in bucket.values() if not e.withdrawn)
+            elif owner == peer_name and self.watermarks.get(owner, 0) >= mark:
+                events.extend(e.event for e in bucket.values() if not e.withdrawn)
             elif owner == peer_name and held and owner in held:
                 has = held[owner]
                 events.extend(e.event for e in bucket.values() if not e.withdrawn and e.event.lamport not in has)
-            elif owner == peer_name and self.watermarks.get(owner, 0) >= mark:
-                events.extend(e.event for e in bucket.values() if not e.withdrawn)
+            elif owner == own and mark >= self.watermarks.get(owner, 0):
+                events.extend(e.event for e in bucket.values())
             else:
                 has = held.get(owner, ()) if held else ()
                 events.extend(
