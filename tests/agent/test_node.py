@@ -680,7 +680,31 @@ def test_a_copy_of_our_former_life_that_reached_a_peer_after_our_first_sync_is_u
     a._start_sync("net", a.networks["net"], "b", wire.now, "digest")
     wire.deliver()
     assert a.networks["net"].own_differs, "b's set of our entries differs from ours"
+    a.write("net", "t", "newer", b"v", wire.now, 0)  # writes go on: b's mark for us stays below ours
+    wire.deliver()
     a._start_sync("net", a.networks["net"], "b", wire.now, "digest")  # the digests differ: again
     wire.deliver()
     assert "old" not in wire.keys("b", "net")
     assert a.networks["net"].table.digest == b.networks["net"].table.digest
+
+
+def test_a_return_sync_with_an_idle_owner_fetches_nothing_of_its_entries():
+    """b held a dead and hid its entries; a is back. Its request shows a's hash without them, at
+    a's mark: the owner's own 'as complete and still different: all of ours' must not answer
+    that, or every peer of a falsely dead host fetches its whole set from it at once."""
+    wire = Wire(["a", "b"])
+    wire.form({"net": ["a", "b"]})
+    a, b = wire.nodes["a"], wire.nodes["b"]
+    for i in range(20):
+        a.write("net", "t", f"k{i}", b"v", wire.now, 0)
+    wire.run(2.0)
+    b._start_sync("net", b.networks["net"], "a", wire.now, "digest")
+    wire.deliver()
+    assert len(wire.keys("b", "net")) == 20
+    b.networks["net"].table.withdraw_owner("a", wire.now)
+    assert not wire.keys("b", "net")
+    sent = a.stats.get("sync_entries_out", 0)
+    b._start_sync("net", b.networks["net"], "a", wire.now, "return")
+    wire.deliver()
+    assert len(wire.keys("b", "net")) == 20, "shown again: a's set proves them current"
+    assert a.stats.get("sync_entries_out", 0) == sent

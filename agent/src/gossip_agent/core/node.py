@@ -918,10 +918,7 @@ class Node:
             events, full = state.table.delta_for(msg.digest, sender, msg.held, self.name)
             self.count("sync_entries_out", len(events))
             digest = self._sync_digest(state)
-            # Our own versions listed only when the peer's set of them differs: its push back
-            # then shows us the copies in our name we lack (`delta_for`).
-            differs = msg.digest.get(self.name, (0, 0))[1] != state.table.hash_of(self.name)
-            held = state.table.held_above(digest, MAX_HELD, self.name, list_own=differs)
+            held = state.table.held_above(digest, MAX_HELD, self.name)
             reply = SyncResponse(msg.network, tuple(events), digest, tuple(full), True, held)
             self._expect_push(sender, msg.network, now)
         elif isinstance(msg, Ping):

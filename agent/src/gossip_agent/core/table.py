@@ -261,13 +261,15 @@ class NetworkTable:
     def sync_digest(self, requesting: bool = False) -> OwnerDigest:
         """Per owner (watermark, hash of the versions we show). For an owner with withdrawn
         entries the mark is 0 when we vouch (we show less than we hold up to it, and a peer must
-        not raise its mark on our word), and our mark when we ask (`requesting`): we hold its
-        versions up to there, hidden, and need only what is above; `settle` shows them again."""
+        not raise its mark on our word), and our mark and the hash of all we hold, hidden too,
+        when we ask (`requesting`): we need only what is above, and a peer whose set is ours
+        sends nothing of it (the owner itself, answering a return sync, not all of its entries);
+        `settle` shows them again."""
         owners = set(self.watermarks) | {o for o, h in self._owner_hash.items() if o in self._by_owner}
         return {
             o: (
                 0 if o in self._withdrawn and not requesting else self.watermarks.get(o, 0),
-                self._owner_hash.get(o, 0),
+                self._whole_hash(o) if o in self._withdrawn and requesting else self._owner_hash.get(o, 0),
             )
             for o in owners
         }
@@ -301,6 +303,14 @@ class NetworkTable:
             held[own] = mine
         return held
 
+    def _whole_hash(self, owner: str) -> int:
+        """The hash of all we hold of `owner`, what we show and what we hide."""
+        whole = self._owner_hash.get(owner, 0)
+        for entry in self._by_owner.get(owner, {}).values():
+            if entry.withdrawn:
+                whole ^= entry.hash
+        return whole
+
     def hash_of(self, owner: str) -> int:
         """The hash of `owner`'s versions we show, as our digest gives it."""
         return self._owner_hash.get(owner, 0)
@@ -323,9 +333,9 @@ class NetworkTable:
         holds (`held_above`), those at times it does not hold: a former life's copy that came
         here by rumour after its first sync, below its mark and above ours, differed for ever.
 
-        And ours (`own`) all, to a peer that claims to be as complete for us as we are and still
-        differs: it lacks a version below our mark (a tombstone in our name that reached us
-        after the peer took our mark), which no other sync would send it."""
+        And ours (`own`) all, to a peer that claims to be as complete
+        for us as we are and still differs: it lacks a version below our mark (a tombstone in our
+        name that reached us after the peer took our mark), which no other sync would send it."""
         events: list[TableEvent] = []
         full: list[str] = []
         for owner, bucket in self._by_owner.items():
@@ -341,7 +351,7 @@ class NetworkTable:
                 has = held[owner]
                 events.extend(e.event for e in bucket.values() if not e.withdrawn and e.event.lamport not in has)
             elif owner == own and mark >= self.watermarks.get(owner, 0):
-                events.extend(e.event for e in bucket.values())
+                events.extend(e.event for e in bucket.values() if not e.withdrawn)
             else:
                 has = held.get(owner, ()) if held else ()
                 events.extend(
@@ -423,11 +433,7 @@ class NetworkTable:
         it goes and its hidden versions are no longer listed as held: the next sync brings all
         of its versions, and a changed one replaces ours."""
         hidden = [(key, entry) for key, entry in self._by_owner.get(owner, {}).items() if entry.withdrawn]
-        whole = self._owner_hash.get(owner, 0)
-        for _, entry in hidden:
-            whole ^= entry.hash
-        theirs = peer.get(owner, (0, 0))[1]
-        if whole != theirs:
+        if self._whole_hash(owner) != peer.get(owner, (0, 0))[1]:
             self.watermarks.pop(owner, None)
             self._unproven.add(owner)
             return []
