@@ -333,9 +333,9 @@ class NetworkTable:
         holds (`held_above`), those at times it does not hold: a former life's copy that came
         here by rumour after its first sync, below its mark and above ours, differed for ever.
 
-        And ours (`own`) all, to a peer that claims to be as complete
-        for us as we are and still differs: it lacks a version below our mark (a tombstone in our
-        name that reached us after the peer took our mark), which no other sync would send it."""
+        And ours (`own`) all, to a peer that claims to be as complete for us as we are and still
+        differs: it lacks a version below our mark (a tombstone in our name that reached us after
+        the peer took our mark), which no other sync would send it."""
         events: list[TableEvent] = []
         full: list[str] = []
         for owner, bucket in self._by_owner.items():
