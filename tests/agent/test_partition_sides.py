@@ -9,22 +9,17 @@ a two-host side held nothing of its 150 writes after 30 s."""
 from __future__ import annotations
 
 import random
+from dataclasses import fields
 
 import pytest
 
+from gossip_agent.core.config import Config, local
 from gossip_agent.sim.partitions import partition
 from gossip_agent.sim.schedule import Schedule, Step
 from gossip_agent.sim.simulator import Simulator
 
-LOCAL = {  # the lab's profile (`config.local`), which the CI scenarios run
-    "probe_interval": 0.5,
-    "probe_timeout": 0.25,
-    "suspicion_mult": 3.0,
-    "suspicion_max_timeout_mult": 3.0,
-    "push_pull_interval": 15.0,
-    "reconnect_interval": 1.0,
-    "eager_delay": 0.005,
-    "bulk_sync_interval": 10.0,
+LOCAL = {  # the lab's profile, which the CI scenarios run, as overrides of the default one
+    f.name: getattr(local(), f.name) for f in fields(Config) if getattr(local(), f.name) != getattr(Config(), f.name)
 }
 SHAPES = ("halves", "random-halves", "majority", "minority-third", "isolate")
 CUT_AT, WRITES_AT = 10.0, 10.3
