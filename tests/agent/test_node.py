@@ -689,9 +689,9 @@ def test_a_copy_of_our_former_life_that_reached_a_peer_after_our_first_sync_is_u
 
 
 def test_a_return_sync_with_an_idle_owner_fetches_nothing_of_its_entries():
-    """b held a dead and hid its entries; a is back. Its request shows a's hash without them, at
-    a's mark: the owner's own 'as complete and still different: all of ours' must not answer
-    that, or every peer of a falsely dead host fetches its whole set from it at once."""
+    """b held a dead and hid its entries; a is back. b asks at a's mark: were its hash for a that
+    of what it shows (nothing), the owner's 'as complete and still different: all of ours' would
+    answer it, and every peer of a falsely dead host would fetch its whole set from it at once."""
     wire = Wire(["a", "b"])
     wire.form({"net": ["a", "b"]})
     a, b = wire.nodes["a"], wire.nodes["b"]
